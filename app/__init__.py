@@ -1,0 +1,3 @@
+"""vllm-gateway: one OpenAI-compatible endpoint in front of several vLLM servers."""
+
+__version__ = "0.1.0"

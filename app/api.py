@@ -1,0 +1,124 @@
+"""HTTP routes: the model routes forwarded by the proxy, and the gateway's own endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
+
+from app import __version__
+from app.errors import GatewayError, error_body
+from app.proxy import Proxy
+
+# Every vLLM route whose JSON body carries `model` (vLLM reference, section 1.2).
+JSON_MODEL_ROUTES = (
+    "/v1/chat/completions",
+    "/v1/chat/completions/batch",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/score",
+    "/v1/rerank",
+    "/v2/rerank",
+    "/v2/embed",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/rerank",
+    "/score",
+    "/pooling",
+    "/classify",
+    "/tokenize",
+    "/detokenize",
+    "/invocations",
+    "/generative_scoring",
+)
+# Audio uploads: `model` is a form field.
+MULTIPART_MODEL_ROUTES = ("/v1/audio/transcriptions", "/v1/audio/translations")
+
+
+class ModelEndpoint:
+    """A plain ASGI endpoint: no dependency injection or response models on the hot path."""
+
+    __slots__ = ("proxy", "path", "multipart")
+
+    def __init__(self, proxy: Proxy, path: str, multipart: bool) -> None:
+        self.proxy, self.path, self.multipart = proxy, path, multipart
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await self.proxy.handle(scope, receive, send, self.path, self.multipart)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def add_routes(app: FastAPI, proxy: Proxy) -> None:
+    for path in JSON_MODEL_ROUTES:
+        app.router.routes.append(Route(path, ModelEndpoint(proxy, path, False), methods=None))
+    for path in MULTIPART_MODEL_ROUTES:
+        app.router.routes.append(Route(path, ModelEndpoint(proxy, path, True), methods=None))
+
+    @app.get("/v1/models", include_in_schema=True, summary="Every model of every backend, aliases included")
+    async def list_models(request: Request) -> Response:
+        registry = request.app.state.registry
+        return json_response({"object": "list", "data": registry.model_cards()})
+
+    @app.get("/health", summary="200 while the gateway process is alive")
+    async def health() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/ready", summary="200 only when every backend answers its own GET /health")
+    async def ready(request: Request) -> Response:
+        state = request.app.state
+        if state.shutting_down:
+            return json_response({"ready": False, "reason": "shutting down"}, 503)
+        results = await state.registry.check_all()
+        down = [name for name, ok in results.items() if not ok]
+        if down or not results:
+            reason = "no backends configured" if not results else "backends not ready"
+            return json_response({"ready": False, "reason": reason, "not_ready": down}, 503)
+        return json_response({"ready": True, "backends": list(results)})
+
+    @app.get("/status", summary="Each backend's state, models and last error")
+    async def status(request: Request) -> Response:
+        state = request.app.state
+        return json_response({
+            "version": __version__,
+            "shutting_down": state.shutting_down,
+            "backends": [b.status() for b in state.registry.backends.values()],
+        })
+
+    @app.get("/version")
+    async def version() -> Response:
+        return json_response({"version": __version__})
+
+    @app.get("/metrics", summary="Prometheus text: the gateway's own metrics and every backend's vllm:* metrics")
+    async def metrics(request: Request) -> Response:
+        page, content_type = await request.app.state.metrics_page.render()
+        return Response(page, media_type=content_type)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            message = f"no route {request.url.path}; the gateway serves the OpenAI and vLLM model routes under /v1"
+            code = "not_found"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+            code = "method_not_allowed"
+        else:
+            message, code = str(exc.detail), None
+        return Response(error_body(message, "invalid_request_error", None, code), exc.status_code,
+                        media_type="application/json", headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> Response:
+        return Response(exc.body(), exc.status, media_type="application/json", headers=exc.headers)
+
+
+__all__ = ["JSON_MODEL_ROUTES", "MULTIPART_MODEL_ROUTES", "ModelEndpoint", "add_error_handlers", "add_routes"]

@@ -1,0 +1,205 @@
+"""The `vllm-gateway` command: argument parsing only; the runtime lives in the other modules."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from app import __version__
+from app.settings import ConfigError, Settings, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except ConfigError as exc:
+        print(f"vllm-gateway: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vllm-gateway",
+        description="One OpenAI-compatible endpoint for several vLLM servers, routed by `model`.",
+    )
+    parser.add_argument("--version", action="version", version=f"vllm-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gateway (and launch backends that have a `launch:` section)")
+    serve.add_argument("--config", help="YAML configuration file (default: $GATEWAY_CONFIG; settings may also come from GATEWAY_* variables alone)")
+    serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.add_argument("--workers", type=int, help="gateway worker processes (default 1)")
+    serve.add_argument("--log-level", help="debug, info, warning or error (default info)")
+    serve.set_defaults(run=_serve)
+
+    check = commands.add_parser("check-config", help="validate a configuration and print the routing table")
+    check.add_argument("--config", help="YAML configuration file (default: $GATEWAY_CONFIG)")
+    check.set_defaults(run=_check_config)
+
+    demo = commands.add_parser("demo", help="two simulated vLLM backends and the gateway in front of them (no GPU needed)")
+    demo.add_argument("--host", default="127.0.0.1", help="address of the gateway (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8080, help="port of the gateway (default 8080)")
+    demo.set_defaults(run=_demo)
+
+    simulate = commands.add_parser("simulate", help="run one simulated vLLM OpenAI server")
+    simulate.add_argument("--model", action="append", required=True, help="served model name (repeat for several)")
+    simulate.add_argument("--kind", choices=["chat", "embedding"], default="chat")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8000)
+    simulate.add_argument("--token-delay", type=float, default=0.0, help="seconds between generated tokens (default 0)")
+    simulate.add_argument("--max-model-len", type=int, default=512)
+    simulate.add_argument("--lora", action="append", default=[], help="name of a LoRA adapter to list (repeatable)")
+    simulate.add_argument("--api-key", help="require this Bearer key on /v1 routes, as vLLM's --api-key does")
+    simulate.set_defaults(run=_simulate)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = load_settings(args.config, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    _configure_logging(settings.log_level)
+    for note in settings.warnings():
+        logging.getLogger("vllm_gateway").warning(note)
+    options = dict(
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=settings.shutdown_grace,
+        timeout_keep_alive=5,
+        backlog=4096,
+    )
+    if settings.workers == 1:
+        from app.gateway import create_app
+
+        uvicorn.run(create_app(settings), **options)
+        return 0
+    # Several workers import the app themselves: hand them the same configuration.
+    if args.config:
+        os.environ["GATEWAY_CONFIG"] = str(Path(args.config).resolve())
+    for key, value in (("HOST", args.host), ("PORT", args.port), ("LOG_LEVEL", args.log_level)):
+        if value is not None:
+            os.environ[f"GATEWAY_{key}"] = str(value)
+    uvicorn.run("app.gateway:app_from_environment", factory=True, workers=settings.workers, **options)
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    print(routing_table(settings))
+    for note in settings.warnings():
+        print(f"warning: {note}")
+    print("configuration OK")
+    return 0
+
+
+def routing_table(settings: Settings) -> str:
+    lines = [f"gateway listens on {settings.host}:{settings.port} with {len(settings.backends)} backend(s)"]
+    if not settings.backends:
+        lines.append("  (no backends: every model request will answer 404)")
+    for backend in settings.backends:
+        urls = ", ".join(backend.all_urls)
+        lines.append(f"  backend {backend.name} -> {urls}")
+        models = list(backend.models) or ([backend.launch.model] if backend.launch else [])
+        lines.append(f"    models:  {', '.join(models) if models else '(learned from its /v1/models)'}")
+        if backend.aliases:
+            target = backend.served_model_name or "its first reported model"
+            lines.append(f"    aliases: {', '.join(backend.aliases)} (sent upstream as {target})")
+        if backend.launch:
+            share = backend.launch.gpu_memory_utilization
+            lines.append(f"    launch:  {' '.join(backend.launch.command)}"
+                         + (f" (gpu_memory_utilization {share:g})" if share is not None else ""))
+    shares = settings.gpu_shares()
+    if shares:
+        lines.append(f"  GPU memory: {sum(shares.values()):.2f} of budget {settings.gpu.memory_budget:g}")
+    if settings.default_model:
+        lines.append(f"  requests without `model` go to {settings.default_model}")
+    return "\n".join(lines)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    _configure_logging("warning")
+    asyncio.run(_run_demo(args.host, args.port))
+    return 0
+
+
+async def _run_demo(host: str, port: int) -> None:
+    from app.gateway import create_app
+    from app.serving import bind, serve_together, server
+    from app.simulator import CHAT, EMBEDDING, Simulator, SimulatorConfig
+
+    chat_sock, embed_sock = bind("127.0.0.1", 0), bind("127.0.0.1", 0)
+    chat_url = f"http://127.0.0.1:{chat_sock.getsockname()[1]}"
+    embed_url = f"http://127.0.0.1:{embed_sock.getsockname()[1]}"
+    settings = Settings(
+        host=host,
+        port=port,
+        backends=[
+            {"name": "chat", "url": chat_url, "aliases": ["gpt-4o-mini"]},
+            {"name": "embed", "url": embed_url, "aliases": ["text-embedding-3-small"]},
+        ],
+    )
+    try:
+        gateway_sock = bind(host, port)
+    except OSError as exc:
+        raise SystemExit(f"vllm-gateway demo: cannot listen on {host}:{port} ({exc.strerror}); try --port 8090") from None
+    chat = Simulator(SimulatorConfig(models=["demo-chat"], kind=CHAT, token_delay=0.02, root="simulated/demo-chat"))
+    embed = Simulator(SimulatorConfig(models=["demo-embed"], kind=EMBEDDING, root="simulated/demo-embed", embedding_dim=384))
+    base = f"http://{host}:{port}/v1"
+    print(_demo_banner(base, host, port), flush=True)
+    await serve_together([
+        (server(chat), chat_sock),
+        (server(embed), embed_sock),
+        (server(create_app(settings), log_level="info"), gateway_sock),
+    ])
+
+
+def _demo_banner(base: str, host: str, port: int) -> str:
+    return f"""
+vllm-gateway demo: two simulated vLLM backends behind one OpenAI endpoint
+  base URL   {base}
+  models     demo-chat (alias gpt-4o-mini), demo-embed (alias text-embedding-3-small)
+  status     http://{host}:{port}/status    metrics http://{host}:{port}/metrics
+
+Try it:
+  curl {base}/models
+  curl {base}/chat/completions -H 'Content-Type: application/json' \\
+       -d '{{"model": "demo-chat", "messages": [{{"role": "user", "content": "hello"}}], "stream": true}}'
+
+  from openai import OpenAI
+  client = OpenAI(base_url="{base}", api_key="unused")
+  print(client.chat.completions.create(model="demo-chat", messages=[{{"role": "user", "content": "hi"}}]).choices[0].message.content)
+  print(len(client.embeddings.create(model="demo-embed", input="hello").data[0].embedding))
+
+Press Ctrl-C to stop.
+"""
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.simulator import Simulator, SimulatorConfig
+
+    _configure_logging("info")
+    config = SimulatorConfig(models=args.model, kind=args.kind, token_delay=args.token_delay,
+                             max_model_len=args.max_model_len, lora_adapters=args.lora, api_key=args.api_key)
+    print(f"simulated vLLM server ({args.kind}) serving {', '.join(args.model)} on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(Simulator(config), host=args.host, port=args.port, log_level="warning", access_log=False, timeout_keep_alive=5)
+    return 0

@@ -1,0 +1,326 @@
+"""The gateway's configuration: one pydantic-settings object, from a YAML file plus `GATEWAY_*`.
+
+Precedence, highest first: environment variables (`GATEWAY_PORT`, `GATEWAY_TIMEOUTS__CONNECT`,
+`GATEWAY_BACKENDS='[...]'` as JSON), then the YAML file named by `--config` or `GATEWAY_CONFIG`,
+then the defaults below. Every mistake is reported with the dotted key that holds it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_LAUNCH_COMMAND = ["vllm", "serve", "{model}"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Timeouts(_Strict):
+    """Seconds. `response_head` waits for the status line (a non-streaming generation sends
+    nothing until it is done); `stream_idle` is the longest gap between two chunks."""
+
+    connect: float = Field(5.0, gt=0)
+    response_head: float = Field(600.0, gt=0)
+    stream_idle: float = Field(300.0, gt=0)
+    total: float | None = Field(None, gt=0)
+
+
+class TimeoutOverrides(_Strict):
+    connect: float | None = Field(None, gt=0)
+    response_head: float | None = Field(None, gt=0)
+    stream_idle: float | None = Field(None, gt=0)
+    total: float | None = Field(None, gt=0)
+
+
+class Retries(_Strict):
+    """Only failures that are safe to retry: no connection, or a 503 before any byte was sent."""
+
+    attempts: int = Field(2, ge=1, le=10)
+    backoff_initial: float = Field(0.1, ge=0)
+    backoff_max: float = Field(2.0, ge=0)
+    max_wait: float = Field(10.0, ge=0)
+
+
+class CircuitBreaker(_Strict):
+    failure_threshold: int = Field(3, ge=1)
+    reset_timeout: float = Field(5.0, gt=0)
+
+
+class Cors(_Strict):
+    allow_origins: list[str] = []
+    allow_methods: list[str] = ["GET", "POST", "OPTIONS"]
+    allow_headers: list[str] = ["*"]
+    allow_credentials: bool = False
+
+
+class GpuConfig(_Strict):
+    memory_budget: float = Field(0.90, gt=0, le=1.0)
+
+
+class LaunchConfig(_Strict):
+    """How the gateway starts this backend's vLLM process (absent: the backend is external)."""
+
+    model: str
+    command: list[str] = Field(default_factory=lambda: list(DEFAULT_LAUNCH_COMMAND))
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1.0)
+    max_model_len: int | None = Field(None, gt=0)
+    args: list[str] = []
+    env: dict[str, str] = {}
+    warmup: bool = False
+    ready_timeout: float = Field(1800.0, gt=0)
+    stop_timeout: float = Field(20.0, gt=0)
+    restart_backoff_initial: float = Field(1.0, ge=0)
+    restart_backoff_max: float = Field(60.0, ge=0)
+    log_file: str | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _command_not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("launch.command must name a program")
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_as_strings(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+        return value
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class BackendConfig(_Strict):
+    name: str
+    url: str | None = None
+    urls: list[str] = []
+    models: list[str] = []
+    aliases: list[str] = []
+    api_key: SecretStr | None = None
+    timeouts: TimeoutOverrides = TimeoutOverrides()
+    max_concurrency: int | None = Field(None, ge=1)
+    max_queue: int = Field(100, ge=0)
+    queue_timeout: float = Field(30.0, gt=0)
+    launch: LaunchConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("backend name must be 1-63 letters, digits, '_', '.' or '-' (it is a metric label)")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value)
+
+    @field_validator("urls")
+    @classmethod
+    def _valid_urls(cls, value: list[str]) -> list[str]:
+        return [_check_url(u) for u in value]
+
+    @model_validator(mode="after")
+    def _one_address(self) -> BackendConfig:
+        if self.url and self.urls:
+            raise ValueError("give either url or urls, not both")
+        if not self.url and not self.urls:
+            raise ValueError("url is required (the base URL of a vLLM OpenAI server, e.g. http://127.0.0.1:8000)")
+        if self.launch and len(self.all_urls) != 1:
+            raise ValueError("a launched backend has exactly one url (the address its vLLM process binds)")
+        return self
+
+    @property
+    def all_urls(self) -> list[str]:
+        return [self.url] if self.url else list(self.urls)
+
+    @property
+    def served_model_name(self) -> str | None:
+        """The name vLLM is told to serve under, when the gateway launches it."""
+        if self.models:
+            return self.models[0]
+        return self.launch.model if self.launch else None
+
+    def effective_timeouts(self, defaults: Timeouts) -> Timeouts:
+        overrides = self.timeouts.model_dump(exclude_none=True)
+        return defaults.model_copy(update=overrides) if overrides else defaults
+
+
+def _check_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL with a host, e.g. http://127.0.0.1:8000")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{value!r}: a backend URL takes no query or fragment")
+    return value.rstrip("/")
+
+
+def _split_keys(value: Any) -> Any:
+    """`GATEWAY_API_KEYS` may be a JSON list or a comma-separated string."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return yaml.safe_load(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    log_level: str = "info"
+    access_log: bool = False
+    backends: list[BackendConfig] = []
+    default_model: str | None = None
+    model_refresh_interval: float = Field(30.0, gt=0)
+    health_check_interval: float = Field(5.0, gt=0)
+    timeouts: Timeouts = Timeouts()
+    retries: Retries = Retries()
+    circuit_breaker: CircuitBreaker = CircuitBreaker()
+    gpu: GpuConfig = GpuConfig()
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    metrics_api_key: SecretStr | None = None
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_scrape_timeout: float = Field(2.0, gt=0)
+    cors: Cors = Cors()
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    shutdown_grace: float = Field(30.0, ge=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init data; the environment overrides it.
+        return (env_settings, init_settings)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys_from_text(cls, value: Any) -> Any:
+        return _split_keys(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        seen_backends: set[str] = set()
+        owner: dict[str, str] = {}
+        for index, backend in enumerate(self.backends):
+            if backend.name in seen_backends:
+                raise ValueError(f"backends[{index}].name: duplicate backend name {backend.name!r}")
+            seen_backends.add(backend.name)
+            names = list(backend.models) + list(backend.aliases)
+            if backend.launch and not backend.models:
+                names.append(backend.launch.model)
+            for name in dict.fromkeys(names):
+                if name in owner and owner[name] != backend.name:
+                    raise ValueError(
+                        f"backends[{index}]: model or alias {name!r} is claimed by both "
+                        f"{owner[name]!r} and {backend.name!r}"
+                    )
+                owner[name] = backend.name
+        if self.default_model is not None and owner and self.default_model not in owner:
+            raise ValueError(f"default_model: {self.default_model!r} is not a configured model or alias")
+        used = self.gpu_shares()
+        if used and sum(used.values()) > self.gpu.memory_budget + 1e-9:
+            shares = ", ".join(f"{name}={share:g}" for name, share in used.items())
+            raise ValueError(
+                f"gpu.memory_budget: the backends' gpu_memory_utilization add up to "
+                f"{sum(used.values()):.2f} ({shares}), above the budget of {self.gpu.memory_budget:g}; "
+                f"lower a share or raise gpu.memory_budget"
+            )
+        return self
+
+    def gpu_shares(self) -> dict[str, float]:
+        return {
+            b.name: b.launch.gpu_memory_utilization
+            for b in self.backends
+            if b.launch and b.launch.gpu_memory_utilization is not None
+        }
+
+    def warnings(self) -> list[str]:
+        """Valid but risky choices, printed by `check-config` and at start-up."""
+        notes = []
+        shares = self.gpu_shares()
+        total = sum(shares.values())
+        margin = 0.8 if len(shares) == 2 else 0.75
+        if len(shares) >= 2 and total > margin:
+            notes.append(
+                f"gpu: {len(shares)} co-located vLLM instances use {total:.2f} of GPU memory in sum; "
+                f"above {margin} leaves little room for CUDA contexts and activations"
+            )
+        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.api_keys:
+            notes.append("api_keys: none configured while listening beyond loopback; anyone who reaches the port can use it")
+        return notes
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the offending key."""
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read the YAML file (argument, else `GATEWAY_CONFIG`), apply the environment, then overrides."""
+    from pydantic import ValidationError
+
+    path = path or os.environ.get("GATEWAY_CONFIG") or None
+    data: dict[str, Any] = {}
+    if path:
+        data = _read_yaml(Path(path))
+    try:
+        settings = Settings(**data)
+        if overrides:
+            clean = {k: v for k, v in overrides.items() if v is not None}
+            settings = Settings(**{**data, **clean}) if clean else settings
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _describe(exc: Any, path: Any) -> str:
+    lines = [f"invalid configuration{f' in {path}' if path else ''}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling against the configuration reference)"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)

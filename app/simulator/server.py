@@ -1,0 +1,457 @@
+"""A vLLM-compatible server without a GPU: the demo's backends and the tests' backends.
+
+It answers the same routes with the same shapes as `vllm serve`, streams paced SSE, exposes
+`vllm:*` metrics, aborts work when its client disconnects (as vLLM does), and records what it
+received so tests can assert on it (`GET /_sim/stats`). A request header `x-sim-fault` injects
+failures: hang_head, hang_stream, close_mid_stream, garbage_json, status_503, status_500, slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from app.simulator import shapes
+
+CHAT, EMBEDDING = "chat", "embedding"
+
+
+@dataclass
+class SimulatorConfig:
+    models: list[str]
+    kind: str = CHAT
+    token_delay: float = 0.0
+    max_model_len: int = 512
+    default_max_tokens: int = 16
+    embedding_dim: int = 32
+    api_key: str | None = None
+    root: str | None = None
+    lora_adapters: list[str] = field(default_factory=list)
+
+
+class SimulatorState:
+    """What the simulator saw: tests read it in-process or through `GET /_sim/stats`."""
+
+    def __init__(self) -> None:
+        self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
+        self.received = 0
+        self.running = 0
+        self.completed = 0
+        self.disconnects = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {"received": self.received, "running": self.running, "completed": self.completed,
+                "disconnects": self.disconnects, "requests": list(self.requests)}
+
+
+class _Metrics:
+    def __init__(self, model: str) -> None:
+        r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        labels = ["model_name", "engine"]
+        self.running = Gauge("vllm:num_requests_running", "Number of requests in model execution batches.", labels, registry=r)
+        self.waiting = Gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", labels, registry=r)
+        self.kv = Gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", labels, registry=r)
+        self.prompt = Counter("vllm:prompt_tokens", "Number of prefill tokens processed.", labels, registry=r)
+        self.generation = Counter("vllm:generation_tokens", "Number of generation tokens processed.", labels, registry=r)
+        self.success = Counter("vllm:request_success", "Count of successfully processed requests.",
+                               labels + ["finished_reason"], registry=r)
+        self.ttft = Histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", labels,
+                              buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0),
+                              registry=r)
+        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", labels,
+                             buckets=(0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0), registry=r)
+        self.iteration = Histogram("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", labels,
+                                   buckets=(1, 8, 16, 32, 64, 128, 256, 512), registry=r)
+        cache = Gauge("vllm:cache_config_info", "Information of the LLMEngine CacheConfig", ["block_size", "engine"], registry=r)
+        cache.labels("16", "0").set(1)
+        self.http = Counter("http_requests", "Total number of requests by method, status and handler.",
+                            ["handler", "method", "status"], registry=r)
+        key = (model, "0")
+        self.running, self.waiting, self.kv = self.running.labels(*key), self.waiting.labels(*key), self.kv.labels(*key)
+        self.prompt, self.generation = self.prompt.labels(*key), self.generation.labels(*key)
+        for reason in ("stop", "length", "abort", "error", "repetition"):
+            self.success.labels(model, "0", reason)
+        self.key = key
+        self.ttft, self.e2e, self.iteration = self.ttft.labels(*key), self.e2e.labels(*key), self.iteration.labels(*key)
+
+
+class Simulator:
+    """The ASGI application."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        if not config.models:
+            raise ValueError("a simulator serves at least one model name")
+        self.config = config
+        self.state = SimulatorState()
+        self.metrics = _Metrics(config.models[0])
+        common = {"/health": self._health, "/ping": self._health, "/v1/models": self._models, "/version": self._version,
+                  "/load": self._load, "/metrics": self._metrics, "/_sim/stats": self._stats,
+                  "/tokenize": self._tokenize, "/detokenize": self._detokenize}
+        if config.kind == CHAT:
+            common.update({"/v1/chat/completions": self._chat, "/v1/completions": self._completions,
+                           "/v1/responses": self._responses, "/v1/audio/transcriptions": self._transcription,
+                           "/v1/audio/translations": self._transcription})
+        else:
+            common.update({"/v1/embeddings": self._embeddings, "/pooling": self._embeddings,
+                           "/classify": self._classify, "/score": self._score, "/v1/score": self._score,
+                           "/rerank": self._rerank, "/v1/rerank": self._rerank})
+        self.routes = common
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        if scope["type"] != "http":
+            return
+        handler = self.routes.get(scope["path"])
+        if handler is None:
+            await _send(send, 404, b'{"detail":"Not Found"}')
+            return
+        if self.config.api_key and scope["path"].startswith(("/v1", "/v2")):
+            auth = _header(scope, b"authorization")
+            if auth != f"Bearer {self.config.api_key}".encode():
+                await _send(send, 401, b'{"error":"Unauthorized"}')
+                return
+        body = b""
+        if scope["method"] == "POST":
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+        self.metrics.http.labels(scope["path"], scope["method"], "2xx").inc()
+        await handler(scope, receive, send, body)
+
+    # -- plain routes ----------------------------------------------------------------------------
+    async def _health(self, scope, receive, send, body) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _models(self, scope, receive, send, body) -> None:
+        root = self.config.root or self.config.models[0]
+        cards = [shapes.model_card(name, root, self.config.max_model_len) for name in self.config.models]
+        cards += [shapes.model_card(name, f"/adapters/{name}", self.config.max_model_len, parent=self.config.models[0])
+                  for name in self.config.lora_adapters]
+        await _send(send, 200, orjson.dumps({"object": "list", "data": cards}))
+
+    async def _version(self, scope, receive, send, body) -> None:
+        await _send(send, 200, orjson.dumps({"version": shapes.VLLM_VERSION}))
+
+    async def _load(self, scope, receive, send, body) -> None:
+        await _send(send, 200, orjson.dumps({"server_load": self.state.running}))
+
+    async def _metrics(self, scope, receive, send, body) -> None:
+        self.metrics.running.set(self.state.running)
+        await _send(send, 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode())
+
+    async def _stats(self, scope, receive, send, body) -> None:
+        await _send(send, 200, orjson.dumps(self.state.stats()))
+
+    # -- model routes ----------------------------------------------------------------------------
+    async def _parse(self, scope, send, body) -> tuple[dict | None, str]:
+        """The JSON body and the model it names, or None after answering with vLLM's error."""
+        ctype = (_header(scope, b"content-type") or b"").split(b";")[0].strip()
+        if ctype != b"application/json":
+            await _send(send, 400, shapes.error("1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed", "Bad Request", 400))
+            return None, ""
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            await _send(send, 400, shapes.error("1 validation error:\n  JSON decode error", "Bad Request", 400, "body"))
+            return None, ""
+        if not isinstance(data, dict):
+            await _send(send, 400, shapes.error("1 validation error:\n  Input should be an object", "Bad Request", 400, "body"))
+            return None, ""
+        self._record(scope, data)
+        model = data.get("model") or self.config.models[0]
+        served = self.config.models + self.config.lora_adapters
+        if model not in served:
+            message = f"The model `{model}` does not exist. Valid aliases: {', '.join(self.config.models)}."
+            await _send(send, 404, shapes.error(message, "NotFoundError", 404, "model"))
+            return None, ""
+        return data, (model if model in self.config.lora_adapters else self.config.models[0])
+
+    def _record(self, scope: dict, data: Any) -> None:
+        self.state.received += 1
+        self.state.requests.append({
+            "path": scope["path"],
+            "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+            "body": data,
+        })
+
+    async def _fault(self, scope, send) -> str | None:
+        fault = (_header(scope, b"x-sim-fault") or b"").decode()
+        if fault == "status_503":
+            await _send(send, 503, shapes.error("The engine is currently busy and cannot accept new requests.", "Service Unavailable", 503))
+            return "done"
+        if fault == "status_500":
+            await _send(send, 500, shapes.error("The server had an error while processing your request.", "InternalServerError", 500))
+            return "done"
+        if fault == "garbage_json":
+            await _send(send, 200, b"<html>not json at all")
+            return "done"
+        return fault or None
+
+    async def _chat(self, scope, receive, send, body) -> None:
+        await self._generate(scope, receive, send, body, chat=True)
+
+    async def _completions(self, scope, receive, send, body) -> None:
+        await self._generate(scope, receive, send, body, chat=False)
+
+    async def _generate(self, scope, receive, send, body, chat: bool) -> None:
+        data, model = await self._parse(scope, send, body)
+        if data is None:
+            return
+        fault = await self._fault(scope, send)
+        if fault == "done":
+            return
+        if chat and not isinstance(data.get("messages"), list):
+            await _send(send, 400, shapes.error("1 validation error:\n  {'type': 'missing', 'loc': ('body', 'messages')}", "Bad Request", 400, "body.messages"))
+            return
+        if not chat and "prompt" not in data:
+            await _send(send, 400, shapes.error("1 validation error:\n  {'type': 'missing', 'loc': ('body', 'prompt')}", "Bad Request", 400, "body.prompt"))
+            return
+        max_tokens = data.get("max_tokens") or data.get("max_completion_tokens") or self.config.default_max_tokens
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            await _send(send, 400, shapes.error("max_tokens must be at least 1", "BadRequestError", 400, "max_tokens"))
+            return
+        if max_tokens > self.config.max_model_len:
+            message = (f"max_tokens={max_tokens} cannot be greater than max_model_len={self.config.max_model_len}. "
+                       "Please request fewer output tokens.")
+            await _send(send, 400, shapes.error(message, "BadRequestError", 400, "max_tokens"))
+            return
+        prompt_text = orjson.dumps(data.get("messages") if chat else data.get("prompt")).decode()
+        prompt_tokens = shapes.tokens_for(prompt_text)
+        delay = self.config.token_delay * (10 if fault == "slow" else 1)
+        rid = shapes.request_id("chatcmpl" if chat else "cmpl", (_header(scope, b"x-request-id") or b"").decode() or None)
+        if data.get("stream"):
+            include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+            chunks = self._stream_chunks(rid, model, chat, max_tokens, prompt_tokens, include_usage, delay, fault)
+            await self._run_streaming(scope, receive, send, chunks)
+        else:
+            work = self._complete(rid, model, chat, max_tokens, prompt_tokens, delay, fault)
+            await self._run_with_cancellation(receive, send, work)
+
+    async def _stream_chunks(self, rid, model, chat, max_tokens, prompt_tokens, include_usage, delay, fault):
+        created = int(time.time())
+        started = time.perf_counter()
+        if chat:
+            yield shapes.chat_chunk(rid, created, model, {"role": "assistant", "content": ""}, None, first=True)
+        for i in range(max_tokens):
+            if delay:
+                await asyncio.sleep(delay)
+            if i == 0:
+                self.metrics.ttft.observe(time.perf_counter() - started)
+            if i == 2 and fault == "hang_stream":
+                await asyncio.sleep(3600)
+            if i == 2 and fault == "close_mid_stream":
+                raise ConnectionAbortedError("simulated backend crash mid-stream")
+            finish = "length" if i == max_tokens - 1 else None
+            piece = shapes.word(i)
+            if chat:
+                yield shapes.chat_chunk(rid, created, model, {"content": piece}, finish)
+            else:
+                yield shapes.text_chunk(rid, created, model, piece, finish)
+        self._count_tokens(prompt_tokens, max_tokens, started)
+        if include_usage:
+            yield shapes.usage_chunk(rid, created, model, "chat.completion.chunk" if chat else "text_completion",
+                                     prompt_tokens, max_tokens)
+        yield shapes.DONE
+
+    async def _complete(self, rid, model, chat, max_tokens, prompt_tokens, delay, fault) -> tuple[int, bytes]:
+        started = time.perf_counter()
+        if fault == "hang_head":
+            await asyncio.sleep(3600)
+        if delay:
+            await asyncio.sleep(delay * max_tokens)
+        text = "".join(shapes.word(i) for i in range(max_tokens))
+        self.metrics.ttft.observe(time.perf_counter() - started)
+        self._count_tokens(prompt_tokens, max_tokens, started)
+        build = shapes.chat_completion if chat else shapes.text_completion
+        return 200, orjson.dumps(build(rid, model, text, prompt_tokens, max_tokens, "length"))
+
+    def _count_tokens(self, prompt_tokens: int, completion_tokens: int, started: float) -> None:
+        m = self.metrics
+        m.prompt.inc(prompt_tokens)
+        m.generation.inc(completion_tokens)
+        m.success.labels(*m.key, "length").inc()
+        m.e2e.observe(time.perf_counter() - started)
+        m.iteration.observe(prompt_tokens + completion_tokens)
+
+    async def _embeddings(self, scope, receive, send, body) -> None:
+        data, model = await self._parse(scope, send, body)
+        if data is None or await self._fault(scope, send) == "done":
+            return
+        raw = data.get("input")
+        inputs = [raw] if isinstance(raw, str) else raw
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) for t in inputs):
+            await _send(send, 400, shapes.error("1 validation error:\n  input must be a string or a list of strings", "Bad Request", 400, "body.input"))
+            return
+        rid = shapes.request_id("embd", None)
+        self.metrics.prompt.inc(sum(shapes.tokens_for(t) for t in inputs))
+        payload = orjson.dumps(shapes.embeddings(rid, model, inputs, self.config.embedding_dim))
+        await self._run_with_cancellation(receive, send, _ready(200, payload))
+
+    async def _classify(self, scope, receive, send, body) -> None:
+        data, model = await self._parse(scope, send, body)
+        if data is None:
+            return
+        await _send(send, 200, orjson.dumps({"id": shapes.request_id("classify", None), "object": "list", "model": model,
+                                             "data": [{"index": 0, "label": "LABEL_0", "probs": [1.0], "num_classes": 1}]}))
+
+    async def _score(self, scope, receive, send, body) -> None:
+        data, model = await self._parse(scope, send, body)
+        if data is None:
+            return
+        await _send(send, 200, orjson.dumps({"id": shapes.request_id("score", None), "object": "list", "model": model,
+                                             "data": [{"index": 0, "object": "score", "score": 0.5}]}))
+
+    async def _rerank(self, scope, receive, send, body) -> None:
+        data, model = await self._parse(scope, send, body)
+        if data is None:
+            return
+        documents = data.get("documents") or []
+        results = [{"index": i, "document": {"text": d if isinstance(d, str) else ""}, "relevance_score": 1.0 / (i + 1)}
+                   for i, d in enumerate(documents)]
+        await _send(send, 200, orjson.dumps({"id": shapes.request_id("rerank", None), "model": model, "results": results}))
+
+    async def _tokenize(self, scope, receive, send, body) -> None:
+        data, model = await self._parse(scope, send, body)
+        if data is None:
+            return
+        text = data.get("prompt") or orjson.dumps(data.get("messages")).decode()
+        tokens = list(range(100, 100 + shapes.tokens_for(text)))
+        await _send(send, 200, orjson.dumps({"count": len(tokens), "max_model_len": self.config.max_model_len,
+                                             "tokens": tokens, "token_strs": None}))
+
+    async def _detokenize(self, scope, receive, send, body) -> None:
+        data, model = await self._parse(scope, send, body)
+        if data is None:
+            return
+        tokens = data.get("tokens") or []
+        await _send(send, 200, orjson.dumps({"prompt": "".join(shapes.word(t) for t in tokens if isinstance(t, int))}))
+
+    async def _responses(self, scope, receive, send, body) -> None:
+        data, model = await self._parse(scope, send, body)
+        if data is None:
+            return
+        text = "".join(shapes.word(i) for i in range(4))
+        await _send(send, 200, orjson.dumps({
+            "id": shapes.request_id("resp", None), "object": "response", "created_at": int(time.time()), "model": model,
+            "status": "completed", "output": [{"type": "message", "id": "msg_sim", "status": "completed", "role": "assistant",
+                                               "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+            "usage": {"input_tokens": 4, "output_tokens": 4, "total_tokens": 8},
+        }))
+
+    async def _transcription(self, scope, receive, send, body) -> None:
+        ctype = _header(scope, b"content-type") or b""
+        if not ctype.startswith(b"multipart/form-data"):
+            await _send(send, 400, shapes.error("expected multipart/form-data", "Bad Request", 400))
+            return
+        model = _form_field(body, ctype, b"model")
+        self._record(scope, {"model": model, "bytes": len(body)})
+        if model is not None and model not in self.config.models:
+            await _send(send, 404, shapes.error(f"The model `{model}` does not exist.", "NotFoundError", 404, "model"))
+            return
+        await _send(send, 200, orjson.dumps({"text": f"transcribed {len(body)} bytes", "usage": {"type": "duration", "seconds": 1}}))
+
+    # -- lifecycle of one generation, as vLLM runs it ----------------------------------------------
+    async def _run_with_cancellation(self, receive, send, work) -> None:
+        """vLLM's `with_cancellation`: the handler races a task that waits for the client to leave."""
+        state = self.state
+        state.running += 1
+        handler = asyncio.ensure_future(work)
+        watcher = asyncio.ensure_future(_until_disconnect(receive))
+        try:
+            done, _ = await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if handler not in done:
+                handler.cancel()
+                state.disconnects += 1
+                self.metrics.success.labels(*self.metrics.key, "abort").inc()
+                return
+            status, payload = handler.result()
+            state.completed += 1
+            await _send(send, status, payload)
+        finally:
+            watcher.cancel()
+            handler.cancel()
+            state.running -= 1
+
+    async def _run_streaming(self, scope, receive, send, chunks) -> None:
+        state = self.state
+        state.running += 1
+        streamer = asyncio.ensure_future(self._pump(send, chunks))
+        watcher = asyncio.ensure_future(_until_disconnect(receive))
+        try:
+            done, _ = await asyncio.wait({streamer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if streamer not in done:
+                streamer.cancel()
+                state.disconnects += 1
+                self.metrics.success.labels(*self.metrics.key, "abort").inc()
+                return
+            streamer.result()
+            state.completed += 1
+        finally:
+            watcher.cancel()
+            streamer.cancel()
+            state.running -= 1
+
+    async def _pump(self, send, chunks) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _ready(status: int, payload: bytes) -> tuple[int, bytes]:
+    return status, payload
+
+
+async def _until_disconnect(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _send(send, status: int, body: bytes, content_type: bytes = b"application/json") -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: dict, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+def _form_field(body: bytes, ctype: bytes, name: bytes) -> str | None:
+    from app.body import find_form_field, multipart_boundary
+
+    span = find_form_field(body, multipart_boundary([(b"content-type", ctype)]), name)
+    return body[span[0]:span[1]].decode() if span else None

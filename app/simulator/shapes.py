@@ -1,0 +1,135 @@
+"""vLLM-shaped bodies: model cards, completions, chunks, embeddings and errors.
+
+Field sets and orders follow captures of a real vLLM server (`vllm-samples/`), so clients and
+the gateway see what they would see in production.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+VLLM_VERSION = "0.32.0"
+FINGERPRINT = f"vllm-{VLLM_VERSION}-sim00000"
+_WORDS = (
+    " the", " model", " gateway", " token", " stream", " routes", " cache", " of", " a", " to",
+    " GPU", " vLLM", " request", " answer", " and", " fast", " one", " port", " two", " is",
+)
+
+
+def model_card(name: str, root: str, max_model_len: int, parent: str | None = None) -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        "id": name, "object": "model", "created": now, "owned_by": "vllm", "root": root, "parent": parent,
+        "max_model_len": max_model_len if parent is None else None,
+        "permission": [{
+            "id": f"modelperm-{uuid.uuid4().hex[:16]}", "object": "model_permission", "created": now,
+            "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+            "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+            "organization": "*", "group": None, "is_blocking": False,
+        }],
+    }
+
+
+def tokens_for(text: str) -> int:
+    """A stable stand-in for a tokenizer: about one token per four characters, at least one."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+def word(i: int) -> str:
+    return _WORDS[i % len(_WORDS)]
+
+
+def chat_completion(rid: str, model: str, text: str, prompt_tokens: int, completion_tokens: int, finish: str) -> dict:
+    return {
+        "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": None, "annotations": None,
+                        "audio": None, "function_call": None, "reasoning": None},
+            "logprobs": None, "finish_reason": finish, "stop_reason": None, "token_ids": None,
+        }],
+        "service_tier": None, "system_fingerprint": FINGERPRINT,
+        "usage": _usage(prompt_tokens, completion_tokens, details=True),
+        "prompt_logprobs": None, "prompt_token_ids": None, "kv_transfer_params": None,
+    }
+
+
+def text_completion(rid: str, model: str, text: str, prompt_tokens: int, completion_tokens: int, finish: str) -> dict:
+    return {
+        "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None,
+                     "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None}],
+        "service_tier": None, "system_fingerprint": FINGERPRINT,
+        "usage": _usage(prompt_tokens, completion_tokens, details=True),
+        "kv_transfer_params": None,
+    }
+
+
+def chat_chunk(rid: str, created: int, model: str, delta: dict, finish: str | None, first: bool = False) -> bytes:
+    choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    if finish is not None:
+        choice["stop_reason"] = None
+    if not first:
+        choice["token_ids"] = None
+    chunk: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                             "choices": [choice]}
+    if first:
+        chunk["prompt_token_ids"] = None
+        chunk["prompt_text"] = None
+    return sse(chunk)
+
+
+def text_chunk(rid: str, created: int, model: str, text: str, finish: str | None) -> bytes:
+    return sse({"id": rid, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish,
+                             "stop_reason": None, "prompt_token_ids": None, "token_ids": None}]})
+
+
+def usage_chunk(rid: str, created: int, model: str, obj: str, prompt_tokens: int, completion_tokens: int) -> bytes:
+    return sse({"id": rid, "object": obj, "created": created, "model": model, "choices": [],
+                "usage": _usage(prompt_tokens, completion_tokens), "system_fingerprint": FINGERPRINT})
+
+
+def sse(data: dict) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def embedding(text: str, dim: int) -> list[float]:
+    """A deterministic unit vector per input text."""
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [((digest[i % len(digest)] * (i + 7)) % 255) / 127.0 - 1.0 for i in range(dim)]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return [v / norm for v in raw]
+
+
+def embeddings(rid: str, model: str, inputs: list[str], dim: int) -> dict:
+    return {
+        "id": rid, "object": "list", "created": int(time.time()), "model": model,
+        "data": [{"index": i, "object": "embedding", "embedding": embedding(t, dim)} for i, t in enumerate(inputs)],
+        "usage": {"prompt_tokens": sum(tokens_for(t) for t in inputs), "total_tokens": sum(tokens_for(t) for t in inputs),
+                  "completion_tokens": 0, "prompt_tokens_details": None},
+    }
+
+
+def error(message: str, type_: str, status: int, param: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": status}})
+
+
+def _usage(prompt: int, completion: int, details: bool = False) -> dict:
+    usage = {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion}
+    if details:
+        usage.update(prompt_tokens_details=None, completion_tokens_details=None)
+    return usage
+
+
+def request_id(prefix: str, header: str | None) -> str:
+    return f"{prefix}-{header}" if header else f"{prefix}-{uuid.uuid4().hex[:16]}"
