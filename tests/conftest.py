@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import CHAT, EMBEDDING, Running, gateway, running, simulator
+
+
+@pytest.fixture
+def chat_backend() -> Iterator[Running]:
+    with running(simulator(["sim-chat"], CHAT, token_delay=0.0)) as sim:
+        yield sim
+
+
+@pytest.fixture
+def embed_backend() -> Iterator[Running]:
+    with running(simulator(["sim-embed"], EMBEDDING)) as sim:
+        yield sim
+
+
+@pytest.fixture
+def two_backends(chat_backend: Running, embed_backend: Running) -> Iterator[tuple[Running, Running, Running]]:
+    """A gateway in front of a chat and an embedding simulator: (gateway, chat, embed)."""
+    with gateway(
+        {"name": "chat", "url": chat_backend.url, "aliases": ["gpt-4o-mini"]},
+        {"name": "embed", "url": embed_backend.url, "aliases": ["text-embedding-3-small"]},
+    ) as gw:
+        yield gw, chat_backend, embed_backend
