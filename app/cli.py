@@ -75,6 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     _configure_logging(settings.log_level)
+    _raise_open_file_limit()
     for note in settings.warnings():
         logging.getLogger("vllm_gateway").warning(note)
     options = dict(
@@ -99,6 +100,16 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ[f"GATEWAY_{key}"] = str(value)
     uvicorn.run("app.gateway:app_from_environment", factory=True, workers=settings.workers, **options)
     return 0
+
+
+def _raise_open_file_limit() -> None:
+    """Each streamed request holds two sockets; the usual soft limit of 1024 caps a proxy early."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else hard
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _check_config(args: argparse.Namespace) -> int:

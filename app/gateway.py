@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 from fastapi import FastAPI
@@ -35,6 +37,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.shutting_down = False
+        _on_exit_signal(app.state.begin_shutdown)
         await registry.check_all()
         await registry.refresh_all()
         monitor = asyncio.create_task(registry.monitor(), name="backend-monitor")
@@ -60,6 +63,13 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     app.state.proxy = proxy
     app.state.metrics_page = MetricsPage(registry, metrics)
     app.state.shutting_down = False
+
+    def begin_shutdown() -> None:
+        """/ready turns 503 and new requests are refused; in-flight ones get the grace period."""
+        app.state.shutting_down = True
+        proxy.begin_shutdown()
+
+    app.state.begin_shutdown = begin_shutdown
     add_routes(app, proxy)
     add_error_handlers(app)
     if settings.cors.allow_origins:
@@ -73,7 +83,32 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             allow_headers=cors.allow_headers,
             allow_credentials=cors.allow_credentials,
         )
+    keys = [key.get_secret_value() for key in settings.api_keys]
+    metrics_key = settings.metrics_api_key.get_secret_value() if settings.metrics_api_key else None
+    if keys or metrics_key:
+        from app.auth import ApiKeyMiddleware
+
+        app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_key=metrics_key)
     return app
+
+
+def _on_exit_signal(callback: Callable[[], None]) -> None:
+    """Run `callback` first when SIGTERM/SIGINT arrives, then the server's own handler.
+
+    uvicorn only tells the app about shutdown after connections drained; a load balancer must
+    see /ready fail as soon as the signal arrives.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum: int, frame: object, previous: object = previous) -> None:
+            callback()
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(sig, handler)
 
 
 def app_from_environment() -> FastAPI:

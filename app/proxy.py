@@ -62,7 +62,11 @@ class Proxy:
         self.registry = registry
         self.metrics = metrics
         self.settings = settings
-        self.known_models: frozenset[str] = frozenset()
+        self.draining = False  # set when the gateway begins to shut down
+
+    def begin_shutdown(self) -> None:
+        """New requests get 503 from now on; in-flight ones run on for the grace period."""
+        self.draining = True
 
     # -- entry point -------------------------------------------------------------------------
     async def handle(self, scope: dict, receive: Any, send: Any, endpoint: str, multipart: bool) -> None:
@@ -72,6 +76,9 @@ class Proxy:
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed on {endpoint}; use POST")
+            if self.draining:
+                raise ServiceUnavailable("the gateway is shutting down; retry against another instance",
+                                         headers={"Retry-After": "1"}, code="shutting_down")
             route, upstream_body = await self._route(receive, headers, multipart)
         except GatewayError as error:
             self.metrics.for_request(UNKNOWN_MODEL, NO_BACKEND, endpoint).count(error.status)
@@ -115,8 +122,11 @@ class Proxy:
                 raw = bodies.with_model(data, upstream_name)
         elif span is not None and upstream_name != model:
             raw = bodies.replace_span(raw, span, upstream_name)
-        if not route.backend.routable:
-            raise _unavailable(route.backend)
+        backend = route.backend
+        if not backend.routable:
+            raise _unavailable(backend)
+        if not backend.breaker.allow():
+            raise _unavailable(backend, "is failing (circuit open)", backend.breaker.retry_after())
         return (route, model), raw
 
 
@@ -124,7 +134,7 @@ class _Exchange:
     """One forwarded request: send upstream, relay downstream, watch for the client leaving."""
 
     __slots__ = ("proxy", "scope", "send", "endpoint", "backend", "body", "headers", "request_id",
-                 "recorder", "started", "status", "response_started", "finished", "client_gone")
+                 "recorder", "started", "status", "response_started", "finished", "client_gone", "streaming")
 
     def __init__(self, proxy: Proxy, scope: dict, send: Any, endpoint: str, backend: Backend, body: bytes,
                  headers: list[tuple[bytes, bytes]], request_id: bytes, recorder: Any, started: float) -> None:
@@ -135,32 +145,54 @@ class _Exchange:
         self.response_started = False
         self.finished = False
         self.client_gone = False
+        self.streaming = False
 
     async def run(self, receive: Any) -> None:
         task = asyncio.current_task()
         watcher = asyncio.get_running_loop().create_task(self._watch(receive, task))
         recorder = self.recorder
         recorder.in_flight.inc()
+        limit = self.backend.limit
+        acquired = False
         try:
+            if limit is not None:
+                await limit.acquire()
+                acquired = True
             await self._exchange()
         except asyncio.CancelledError:
-            if not self.client_gone:
+            if self.client_gone:
+                task.uncancel()
+                recorder.disconnects.inc()
+                self.status = CLIENT_CLOSED
+            elif self.proxy.draining:
+                # The shutdown grace period ran out: end the response cleanly instead of cutting it.
+                task.uncancel()
+                await self._close_for_shutdown()
+            else:
                 raise
-            task.uncancel()
-            recorder.disconnects.inc()
-            self.status = CLIENT_CLOSED
         except GatewayError as error:
             if self.response_started:
                 raise  # headers are out: nothing left to do but drop the connection
             self.status = error.status
             await send_error(self.send, error, self.request_id)
         finally:
+            if acquired:
+                limit.release()
             self.finished = True
             watcher.cancel()
             recorder.in_flight.dec()
             if self.status:
                 recorder.count(self.status)
             recorder.duration.observe(time.perf_counter() - self.started)
+
+    async def _close_for_shutdown(self) -> None:
+        error = ServiceUnavailable("the gateway shut down before this response was complete; retry",
+                                   headers={"Retry-After": "1"}, code="shutting_down")
+        if not self.response_started:
+            self.status = error.status
+            await send_error(self.send, error, self.request_id)
+        elif self.streaming:
+            await self.send({"type": "http.response.body", "body": sse_error_event(error), "more_body": False})
 
     async def _watch(self, receive: Any, task: asyncio.Task) -> None:
         while True:
@@ -214,24 +246,33 @@ class _Exchange:
         if query:
             path = f"{path}?{query.decode('latin-1')}"
         request = client.build_request("POST", path, content=self.body, headers=self._upstream_headers())
+        timeouts = backend.timeouts
+        head_timeout, which = timeouts.response_head, "timeouts.response_head"
+        if timeouts.total is not None:
+            remaining = timeouts.total - (time.perf_counter() - self.started)
+            if remaining < head_timeout:
+                head_timeout, which = max(remaining, 0.0), "timeouts.total"
         try:
-            async with asyncio.timeout(backend.timeouts.response_head):
+            async with asyncio.timeout(head_timeout):
                 response = await client.send(request, stream=True)
         except httpx.ConnectTimeout:
             proxy.metrics.upstream_error(backend.name, "connect_timeout")
+            backend.breaker.record_failure()
             raise Retryable(_unavailable(backend, "did not accept a connection in time"), "connect_timeout") from None
         except httpx.ConnectError:
             proxy.metrics.upstream_error(backend.name, "connect")
+            backend.breaker.record_failure()
             raise Retryable(_unavailable(backend, "refused the connection"), "connect") from None
         except (TimeoutError, httpx.TimeoutException):
             proxy.metrics.upstream_error(backend.name, "timeout")
             raise GatewayTimeout(
-                f"backend {backend.name!r} sent no response within {backend.timeouts.response_head:g} s "
-                f"(timeouts.response_head); the request was cancelled upstream"
+                f"backend {backend.name!r} sent no response within {head_timeout:g} s "
+                f"({which}); the request was cancelled upstream"
             ) from None
         except httpx.HTTPError as exc:
             proxy.metrics.upstream_error(backend.name, "protocol")
             raise BadGateway(f"backend {backend.name!r} answered with a broken HTTP response ({type(exc).__name__})") from None
+        backend.breaker.record_success()
         if response.status_code == 503 and not last:
             await response.aclose()
             proxy.metrics.upstream_error(backend.name, "status_5xx")
@@ -295,6 +336,7 @@ class _Exchange:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + total if total else None
         self.response_started = True
+        self.streaming = True
         self.status = status
         await send({"type": "http.response.start", "status": status, "headers": headers})
         chunks = response.aiter_raw()
@@ -341,8 +383,8 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
     return uuid.uuid4().hex.encode()
 
 
-def _unavailable(backend: Backend, what: str | None = None) -> ServiceUnavailable:
-    retry_after = max(1, round(backend_retry_hint(backend)))
+def _unavailable(backend: Backend, what: str | None = None, retry_after_s: float | None = None) -> ServiceUnavailable:
+    retry_after = max(1, round(retry_after_s if retry_after_s is not None else backend_retry_hint(backend)))
     detail = what or f"is {backend.state}"
     return ServiceUnavailable(
         f"backend {backend.name!r} {detail}; retry in {retry_after} s (GET /status shows backend states)",

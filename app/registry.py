@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import orjson
 
+from app.breaker import CircuitBreaker
+from app.limits import ConcurrencyLimit
 from app.settings import BackendConfig, Settings, Timeouts
 
 log = logging.getLogger("vllm_gateway.registry")
@@ -47,6 +49,8 @@ class Backend:
     last_error: str | None = None
     cards: list[dict[str, Any]] = field(default_factory=list)
     models_refreshed_at: float | None = None
+    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(3, 5.0))
+    limit: ConcurrencyLimit | None = None
     # Filled in by the supervisor for launched backends.
     pid: int | None = None
     restarts: int = 0
@@ -93,7 +97,10 @@ class Backend:
             "aliases": list(self.config.aliases),
             "last_error": self.last_error,
             "launched": self.launched,
+            "circuit": self.breaker.state,
         }
+        if self.limit is not None:
+            info["limits"] = self.limit.status()
         if self.launched:
             info.update(
                 pid=self.pid,
@@ -137,7 +144,11 @@ class Registry:
         self.backends: dict[str, Backend] = {}
         for config in settings.backends:
             upstreams = [Upstream(url, make_client(url, settings, config, transport)) for url in config.all_urls]
-            self.backends[config.name] = Backend(config, upstreams, config.effective_timeouts(settings.timeouts))
+            backend = Backend(config, upstreams, config.effective_timeouts(settings.timeouts))
+            backend.breaker = CircuitBreaker(settings.circuit_breaker.failure_threshold, settings.circuit_breaker.reset_timeout)
+            if config.max_concurrency:
+                backend.limit = ConcurrencyLimit(config.name, config.max_concurrency, config.max_queue, config.queue_timeout)
+            self.backends[config.name] = backend
         self._table: dict[str, Route] = {}
         self._cards: list[dict[str, Any]] = []
         self.rebuild()
@@ -192,6 +203,7 @@ class Registry:
         if len(errors) < len(results):
             became_ready = backend.state != READY
             backend.state, backend.last_error = READY, None
+            backend.breaker.record_success()
             if became_ready:
                 await self.refresh_models(backend)
             return True

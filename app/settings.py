@@ -198,7 +198,6 @@ class Settings(BaseSettings):
     gpu: GpuConfig = GpuConfig()
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     metrics_api_key: SecretStr | None = None
-    metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_scrape_timeout: float = Field(2.0, gt=0)
     cors: Cors = Cors()
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)

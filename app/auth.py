@@ -1,0 +1,69 @@
+"""Gateway API keys: an ASGI middleware in front of every model route and /v1/*.
+
+Keys are compared in constant time against every configured key (no early exit that would tell
+an attacker how many keys or characters matched). `/health` and `/ready` stay open; `/metrics`
+is open unless `metrics_api_key` is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+from app.errors import Unauthorized
+
+_OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/openapi.json"})
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class ApiKeyMiddleware:
+    def __init__(self, app: Any, keys: list[str], metrics_key: str | None) -> None:
+        self.app = app
+        self._keys = [_digest(k) for k in keys]
+        self._metrics_key = _digest(metrics_key) if metrics_key else None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == "/metrics":
+            allowed = [self._metrics_key] if self._metrics_key else None
+        elif path in _OPEN_PATHS or not self._keys:
+            allowed = None
+        else:
+            allowed = self._keys
+        if allowed is None or _matches(_bearer(scope["headers"]), allowed):
+            await self.app(scope, receive, send)
+            return
+        from app.proxy import send_error
+
+        error = Unauthorized(
+            "missing or wrong API key: send it as `Authorization: Bearer <key>` (the OpenAI SDK's api_key)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        await send_error(send, error)
+
+
+def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                return token.strip()
+            return None
+    return None
+
+
+def _matches(token: bytes | None, allowed: list[bytes]) -> bool:
+    if token is None:
+        return False
+    given = hashlib.sha256(token).digest()
+    found = False
+    for digest in allowed:
+        found |= hmac.compare_digest(given, digest)
+    return found
