@@ -44,6 +44,12 @@ class CircuitBreaker:
             self.state = OPEN
             self.opened_at = self._clock()
 
+    def trip(self) -> None:
+        """Open now (a failed health check): traffic probes half-open after `reset_timeout`."""
+        if self.state != OPEN:
+            self.state = OPEN
+            self.opened_at = self._clock()
+
     def retry_after(self) -> float:
         if self.state != OPEN:
             return 1.0

@@ -272,7 +272,7 @@ class _Exchange:
         except httpx.HTTPError as exc:
             proxy.metrics.upstream_error(backend.name, "protocol")
             raise BadGateway(f"backend {backend.name!r} answered with a broken HTTP response ({type(exc).__name__})") from None
-        backend.breaker.record_success()
+        backend.answered()
         if response.status_code == 503 and not last:
             await response.aclose()
             proxy.metrics.upstream_error(backend.name, "status_5xx")

@@ -27,7 +27,8 @@ UNKNOWN, STARTING, READY, UNHEALTHY, RESTARTING, FAILED, STOPPED = (
     "unknown", "starting", "ready", "unhealthy", "restarting", "failed", "stopped",
 )
 SUPERVISED_STATES = frozenset({STARTING, RESTARTING, FAILED, STOPPED})
-ROUTABLE_STATES = frozenset({UNKNOWN, READY})
+# Unhealthy backends stay routable through their circuit breaker, which lets a trial through.
+ROUTABLE_STATES = frozenset({UNKNOWN, READY, UNHEALTHY})
 
 
 @dataclass(eq=False)
@@ -68,6 +69,12 @@ class Backend:
     @property
     def routable(self) -> bool:
         return self.state in ROUTABLE_STATES
+
+    def answered(self) -> None:
+        """A real response arrived: the backend is there, whatever a past health check said."""
+        self.breaker.record_success()
+        if self.state == UNHEALTHY:
+            self.state, self.last_error = READY, None
 
     @property
     def canonical_model(self) -> str | None:
@@ -195,11 +202,17 @@ class Registry:
 
     # -- talking to backends (never on the request path) -------------------------------------
     async def check_health(self, backend: Backend, timeout: float = 2.0) -> bool:
-        """GET /health on every address; the backend is up when any address is."""
+        """GET /health on every address; the backend is up when any address is.
+
+        A launched backend that the supervisor has not declared ready (starting, restarting,
+        failed, stopped) is not up, whatever its port answers: its state is the supervisor's.
+        """
+        if backend.state in SUPERVISED_STATES:
+            return False
         results = await asyncio.gather(*(self._probe(u, timeout) for u in backend.upstreams))
         errors = [r for r in results if r is not None]
-        if backend.state in SUPERVISED_STATES:
-            return not errors or len(errors) < len(results)
+        if backend.state in SUPERVISED_STATES:  # the supervisor moved it while we probed
+            return False
         if len(errors) < len(results):
             became_ready = backend.state != READY
             backend.state, backend.last_error = READY, None
@@ -208,6 +221,7 @@ class Registry:
                 await self.refresh_models(backend)
             return True
         backend.state, backend.last_error = UNHEALTHY, errors[0]
+        backend.breaker.trip()
         return False
 
     async def _probe(self, upstream: Upstream, timeout: float) -> str | None:
