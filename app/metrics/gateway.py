@@ -2,11 +2,21 @@
 
 Labelled children are looked up once per (model, backend, endpoint) and cached, so recording a
 request costs a few attribute calls, not a label lookup under a lock.
+
+With several uvicorn workers (`PROMETHEUS_MULTIPROC_DIR` set before the workers start, see
+`app.metrics.multiprocess`) every worker writes its values to files in that directory and
+`exposition()` reads all of them: counters and histograms are summed over workers,
+`gateway_requests_in_flight` is summed over live workers, and `gateway_backend_up` is the value
+most recently written by any live worker (the one rendering the page writes it just before).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, generate_latest
+from prometheus_client import multiprocess
 
 # From 5 ms to several minutes: LLM requests span four orders of magnitude.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
@@ -63,7 +73,7 @@ class GatewayMetrics:
         )
         self.backend_up = Gauge(
             "gateway_backend_up", "1 when the backend is ready to serve, else 0.",
-            ["backend"], registry=r, multiprocess_mode="max",
+            ["backend"], registry=r, multiprocess_mode="livemostrecent",
         )
         self.backend_restarts = Counter(
             "gateway_backend_restarts", "Times the gateway restarted a backend process it launched.",
@@ -73,8 +83,19 @@ class GatewayMetrics:
             "gateway_client_disconnects", "Requests whose client went away before the response was complete.",
             ["model"], registry=r,
         )
+        self.backend_scrape_errors = Counter(
+            "gateway_backend_scrape_errors",
+            "Times a backend's /metrics page could not be read (no answer within metrics_scrape_timeout, "
+            "error status, or an unreadable page); its vllm:* series are then absent from this page.",
+            ["backend"], registry=r,
+        )
         self._children: dict[tuple[str, str, str], RequestMetrics] = {}
         self._errors: dict[tuple[str, str], object] = {}
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self._source: CollectorRegistry = self.registry
+        if self.multiprocess_dir:
+            self._source = CollectorRegistry(auto_describe=False)
+            multiprocess.MultiProcessCollector(self._source, self.multiprocess_dir)
 
     def for_request(self, model: str, backend: str, endpoint: str) -> RequestMetrics:
         key = (model, backend, endpoint)
@@ -89,8 +110,38 @@ class GatewayMetrics:
             child = self._errors[(backend, kind)] = self.upstream_errors.labels(backend, kind)
         child.inc()
 
+    def scrape_error(self, backend: str) -> None:
+        self.backend_scrape_errors.labels(backend).inc()
+
     def declare_backends(self, names: list[str]) -> None:
         """Create every per-backend series at start-up, so dashboards see zeros rather than gaps."""
         for name in names:
             self.backend_up.labels(name).set(0)
             self.backend_restarts.labels(name)
+            self.backend_scrape_errors.labels(name)
+
+    def exposition(self) -> bytes:
+        """The gateway's own families in the text format, summed over workers when there are several."""
+        return generate_latest(_WithoutCreated(self._source))
+
+    def release(self) -> None:
+        """At worker shutdown: drop this process's live gauges so they stop counting."""
+        if self.multiprocess_dir:
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
+
+
+class _WithoutCreated:
+    """A collector view without `_created` samples: single-process prometheus-client writes them
+    as extra gauge families, multiprocess mode does not; without them the page has one shape (and
+    half the series) whatever the worker count. See `app.metrics.merge` for the backends' ones."""
+
+    __slots__ = ("source",)
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            if family.samples:
+                yield family

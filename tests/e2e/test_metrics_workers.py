@@ -1,0 +1,116 @@
+"""`vllm-gateway serve --workers 2`: one page whichever worker answers, counts summed over the
+workers, no counts from an earlier run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.servers import CHAT, EMBEDDING, running, simulator, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = Path(sys.executable).with_name("vllm-gateway")
+CHATS, EMBEDS = 24, 12
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stale_counts(directory: Path) -> None:
+    """What an earlier run that was killed leaves behind: 1000 chat requests in a worker file."""
+    code = textwrap.dedent("""
+        from app.metrics import GatewayMetrics
+        GatewayMetrics().requests.labels("sim-chat", "chat", "/v1/chat/completions", "200").inc(1000)
+    """)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory), "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60, cwd=ROOT)
+    assert list(directory.glob("counter_*.db"))
+
+
+def page(url: str) -> dict[str, list]:
+    # A fresh connection each time, so the kernel may hand it to either worker.
+    response = httpx.get(f"{url}/metrics", headers={"connection": "close"}, timeout=10)
+    assert response.status_code == 200
+    parsed = list(text_string_to_metric_families(response.text))
+    assert len({f.name for f in parsed}) == len(parsed)
+    return {f.name: f.samples for f in parsed}
+
+
+def total(samples: list, **labels: str) -> float:
+    return sum(s.value for s in samples if all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_two_workers_sum_their_counts_into_one_page(tmp_path):
+    metrics_dir = tmp_path / "prometheus-multiproc"
+    metrics_dir.mkdir()
+    stale_counts(metrics_dir)
+    with running(simulator(["sim-chat"], CHAT)) as chat, running(simulator(["sim-embed"], EMBEDDING)) as embed:
+        port = free_port()
+        config = tmp_path / "gateway.yaml"
+        config.write_text(yaml.safe_dump({
+            "host": "127.0.0.1", "port": port, "shutdown_grace": 2, "log_level": "info",
+            "health_check_interval": 0.5,
+            "backends": [{"name": "chat", "url": chat.url}, {"name": "embed", "url": embed.url}],
+        }))
+        log = tmp_path / "gateway.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+        with log.open("wb") as out:
+            process = subprocess.Popen([str(CLI), "serve", "--config", str(config), "--workers", "2"],
+                                       stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            started = wait_for(lambda: log.read_text().count("Application startup complete") == 2, 30, 0.1)
+            assert started, log.read_text()
+            # Both workers write into the shared directory, and the stale file is gone.
+            pids = {p.stem.rsplit("_", 1)[1] for p in metrics_dir.glob("*.db")}
+            assert len(pids) == 2, sorted(p.name for p in metrics_dir.iterdir())
+
+            def chat_once(_: int) -> int:
+                return httpx.post(f"{url}/v1/chat/completions", headers={"connection": "close"}, timeout=10,
+                                  json={"model": "sim-chat", "messages": [{"role": "user", "content": "hi"}],
+                                        "max_tokens": 2}).status_code
+
+            def embed_once(_: int) -> int:
+                return httpx.post(f"{url}/v1/embeddings", headers={"connection": "close"}, timeout=10,
+                                  json={"model": "sim-embed", "input": "hi"}).status_code
+
+            with ThreadPoolExecutor(6) as pool:
+                statuses = list(pool.map(chat_once, range(CHATS))) + list(pool.map(embed_once, range(EMBEDS)))
+            assert statuses == [200] * (CHATS + EMBEDS)
+
+            assert wait_for(lambda: total(page(url)["gateway_backend_up"]) == 2, 10)
+            for _ in range(8):  # whichever worker answers, the same sums
+                families = page(url)
+                requests = families["gateway_requests"]
+                assert total(requests, model="sim-chat", backend="chat", status="200") == CHATS
+                assert total(requests, model="sim-embed", backend="embed", status="200") == EMBEDS
+                durations = [s for s in families["gateway_request_duration_seconds"] if s.name.endswith("_count")]
+                assert total(durations) == CHATS + EMBEDS
+                assert total(families["gateway_requests_in_flight"]) == 0
+                assert [s.value for s in families["gateway_backend_up"]] == [1, 1]
+                # The backends' own families come through too, once each.
+                tokens = families["vllm:generation_tokens"]
+                assert total(tokens, backend="chat", model_name="sim-chat") == 2 * CHATS
+                assert len(tokens) == 2
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, log.read_text()
+    assert metrics_dir.is_dir()  # an operator's directory is kept
