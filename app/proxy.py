@@ -89,6 +89,11 @@ class Proxy:
         model_label = route[1]
         backend = route[0].backend
         recorder = self.metrics.for_request(model_label, backend.name, endpoint)
+        refusal = _refusal(backend)
+        if refusal is not None:
+            recorder.count(refusal.status)
+            await send_error(send, refusal, request_id)
+            return
         exchange = _Exchange(self, scope, send, endpoint, backend, upstream_body, headers, request_id, recorder, started)
         await exchange.run(receive)
 
@@ -122,11 +127,6 @@ class Proxy:
                 raw = bodies.with_model(data, upstream_name)
         elif span is not None and upstream_name != model:
             raw = bodies.replace_span(raw, span, upstream_name)
-        backend = route.backend
-        if not backend.routable:
-            raise _unavailable(backend)
-        if not backend.breaker.allow():
-            raise _unavailable(backend, "is failing (circuit open)", backend.breaker.retry_after())
         return (route, model), raw
 
 
@@ -374,6 +374,15 @@ async def send_error(send: Any, error: GatewayError, request_id: bytes | None = 
     headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items())
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+def _refusal(backend: Backend) -> ServiceUnavailable | None:
+    """Why this backend cannot take a request right now, if it cannot."""
+    if not backend.routable:
+        return _unavailable(backend)
+    if not backend.breaker.allow():
+        return _unavailable(backend, "is failing (circuit open)", backend.breaker.retry_after())
+    return None
 
 
 def _request_id(headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -182,3 +182,11 @@ def test_total_timeout_caps_a_slow_stream(chat_sim):
 async def _mark_ready(backend) -> None:
     backend.state = "ready"
     backend.breaker.record_success()
+
+
+def test_refusals_for_a_down_backend_are_counted_under_its_model():
+    port = closed_port()
+    with gateway({"name": "dead", "url": f"http://127.0.0.1:{port}", "models": ["gone"]}, health_check_interval=60) as gw:
+        assert post(gw, {"model": "gone", "input": "x"}, path="/v1/embeddings").status_code == 503
+        page = httpx.get(f"{gw.url}/metrics").text
+        assert 'gateway_requests_total{backend="dead",endpoint="/v1/embeddings",model="gone",status="503"} 1.0' in page
