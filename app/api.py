@@ -72,16 +72,22 @@ def add_routes(app: FastAPI, proxy: Proxy) -> None:
         return json_response({"status": "ok"})
 
     @app.get("/ready", summary="200 only when every backend answers its own GET /health")
-    async def ready(request: Request) -> Response:
+    async def ready(request: Request, require: str = "all") -> Response:
+        """`?require=any` suits several gateway replicas in Kubernetes: a replica stays in the
+        Service while at least one backend is up, so the models that are up stay reachable."""
         state = request.app.state
+        if require not in ("all", "any"):
+            return json_response({"error": {"message": "require must be `all` or `any`", "type": "invalid_request_error",
+                                            "param": "require", "code": "invalid_value"}}, 400)
         if state.shutting_down:
             return json_response({"ready": False, "reason": "shutting down"}, 503)
         results = await state.registry.check_all()
         down = [name for name, ok in results.items() if not ok]
-        if down or not results:
+        up = len(results) - len(down)
+        if not results or (down and require == "all") or up == 0:
             reason = "no backends configured" if not results else "backends not ready"
             return json_response({"ready": False, "reason": reason, "not_ready": down}, 503)
-        return json_response({"ready": True, "backends": list(results)})
+        return json_response({"ready": True, "backends": [n for n, ok in results.items() if ok], "not_ready": down})
 
     @app.get("/status", summary="Each backend's state, models and last error")
     async def status(request: Request) -> Response:
