@@ -28,8 +28,9 @@ test: $(VENV)/.installed tools vllm-env
 test-fast: $(VENV)/.installed tools
 	$(PY) -m pytest -ra -m "not vllm"
 
+# Gateway vs direct, side by side (installs nginx and wrk when missing); e.g. BENCH_ARGS=--quick.
 bench: $(VENV)/.installed
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
