@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 DEFAULT_LAUNCH_COMMAND = ["vllm", "serve", "{model}"]
 
@@ -160,8 +160,15 @@ def _check_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{value!r} is not an http(s) URL with a host, e.g. http://127.0.0.1:8000")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise ValueError(f"{value!r}: the port is not a number from 0 to 65535") from None
     if parts.query or parts.fragment:
         raise ValueError(f"{value!r}: a backend URL takes no query or fragment")
+    if parts.path.rstrip("/").endswith("/v1"):
+        # The gateway forwards /v1/chat/completions etc. to the same path: .../v1/v1/... would 404.
+        raise ValueError(f"{value!r}: give the server's base URL without /v1, e.g. {value.rstrip('/')[:-3]!r}")
     return value.rstrip("/")
 
 
@@ -241,6 +248,14 @@ class Settings(BaseSettings):
                 owner[name] = backend.name
         if self.default_model is not None and owner and self.default_model not in owner:
             raise ValueError(f"default_model: {self.default_model!r} is not a configured model or alias")
+        launched = [b.name for b in self.backends if b.launch]
+        if launched and self.workers > 1:
+            raise ValueError(
+                f"workers: {self.workers} gateway workers cannot launch backends (`launch:` in "
+                f"{', '.join(launched)}): each worker would start its own copy of every vLLM process. Use workers: 1 "
+                f"(one worker forwards thousands of requests per second), or start vLLM yourself and "
+                f"drop `launch:`"
+            )
         used = self.gpu_shares()
         if used and sum(used.values()) > self.gpu.memory_budget + 1e-9:
             shares = ", ".join(f"{name}={share:g}" for name, share in used.items())
@@ -286,14 +301,40 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     data: dict[str, Any] = {}
     if path:
         data = _read_yaml(Path(path))
+    clean = {k: v for k, v in overrides.items() if v is not None}
     try:
-        settings = Settings(**data)
-        if overrides:
-            clean = {k: v for k, v in overrides.items() if v is not None}
-            settings = Settings(**{**data, **clean}) if clean else settings
+        return _with_overrides(clean)(**data) if clean else Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
-    return settings
+        raise ConfigError(_describe(exc, path, clean)) from None
+    except SettingsError as exc:  # an environment variable that should hold JSON does not
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = f"GATEWAY_{field.group(1).upper()}" if field else "a GATEWAY_* variable"
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        raise ConfigError(f"invalid configuration: {name} is not valid JSON{cause}") from None
+
+
+class _Overrides(PydanticBaseSettingsSource):
+    """Command-line flags: above the environment, which is above the file."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self.values = values
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.values)
+
+
+def _with_overrides(values: dict[str, Any]) -> type[Settings]:
+    class FlaggedSettings(Settings):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                       file_secret_settings):  # type: ignore[override]
+            return (_Overrides(settings_cls, values), env_settings, init_settings)
+
+    return FlaggedSettings
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -312,14 +353,25 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _describe(exc: Any, path: Any) -> str:
+def _describe(exc: Any, path: Any, flags: dict[str, Any] | None = None) -> str:
     lines = [f"invalid configuration{f' in {path}' if path else ''}:"]
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
         if err["type"] == "extra_forbidden":
             message = "unknown key (check its spelling against the configuration reference)"
-        lines.append(f"  {key}: {message}")
+        lines.append(f"  {key}: {message}{_origin(err['loc'], flags or {})}" if key else f"  {message}")
     return "\n".join(lines)
+
+
+def _origin(loc: tuple, flags: dict[str, Any]) -> str:
+    """Where a top-level key came from when not from the file: a command-line flag or GATEWAY_*."""
+    if not loc or not isinstance(loc[0], str):
+        return ""
+    if loc[0] in flags:
+        return f" (from --{loc[0].replace('_', '-')})"
+    name = f"GATEWAY_{loc[0]}".upper()
+    found = sorted(k for k in os.environ if k.upper() == name or k.upper().startswith(name + "__"))
+    return f" (from {', '.join(found)})" if found else ""

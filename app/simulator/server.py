@@ -3,7 +3,9 @@
 It answers the same routes with the same shapes as `vllm serve`, streams paced SSE, exposes
 `vllm:*` metrics, aborts work when its client disconnects (as vLLM does), and records what it
 received so tests can assert on it (`GET /_sim/stats`). A request header `x-sim-fault` injects
-failures: hang_head, hang_stream, close_mid_stream, garbage_json, status_503, status_500, slow.
+failures: hang_head, hang_stream, close_mid_stream, garbage_json, status_503, status_500, slow; and
+`hold` parks a generation (after a stream's response head) until `POST /_sim/release`, so a load
+test can prove that N requests really were in flight at once.
 """
 
 from __future__ import annotations
@@ -54,10 +56,40 @@ class SimulatorState:
         self.running = 0
         self.completed = 0
         self.disconnects = 0
+        self.peak_running = 0
+        self.held = 0
+        self.paths: collections.Counter[str] = collections.Counter()  # every path asked for, 404s included
+        self.release = asyncio.Event()  # the generations parked by `x-sim-fault: hold` wait on it
+
+    def saw(self, path: str) -> None:
+        if path in self.paths or len(self.paths) < 1000:  # bounded: a fuzzer must not grow it forever
+            self.paths[path] += 1
+
+    def start(self) -> None:
+        self.running += 1
+        if self.running > self.peak_running:
+            self.peak_running = self.running
+
+    async def hold(self, limit: float = 120.0) -> None:
+        """Park until `POST /_sim/release` (or `limit` seconds, so a lost release cannot hang a test)."""
+        release = self.release
+        self.held += 1
+        try:
+            async with asyncio.timeout(limit):
+                await release.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self.held -= 1
+
+    def release_held(self) -> None:
+        self.release.set()
+        self.release = asyncio.Event()
 
     def stats(self) -> dict[str, Any]:
         return {"received": self.received, "running": self.running, "completed": self.completed,
-                "disconnects": self.disconnects, "requests": list(self.requests)}
+                "disconnects": self.disconnects, "peak_running": self.peak_running, "held": self.held,
+                "paths": dict(self.paths), "requests": list(self.requests)}
 
 
 class _Metrics:
@@ -105,6 +137,7 @@ class Simulator:
         self.metrics = _Metrics(config.models[0])
         common = {"/health": self._health, "/ping": self._health, "/v1/models": self._models, "/version": self._version,
                   "/load": self._load, "/metrics": self._metrics, "/_sim/stats": self._stats,
+                  "/_sim/release": self._release,
                   "/tokenize": self._tokenize, "/detokenize": self._detokenize}
         if config.kind == CHAT:
             common.update({"/v1/chat/completions": self._chat, "/v1/completions": self._completions,
@@ -125,6 +158,7 @@ class Simulator:
                     return
         if scope["type"] != "http":
             return
+        self.state.saw(scope["path"])
         handler = self.routes.get(scope["path"])
         if handler is None:
             await _send(send, 404, b'{"detail":"Not Found"}')
@@ -171,6 +205,11 @@ class Simulator:
     async def _stats(self, scope, receive, send, body) -> None:
         await _send(send, 200, orjson.dumps(self.state.stats()))
 
+    async def _release(self, scope, receive, send, body) -> None:
+        held = self.state.held
+        self.state.release_held()
+        await _send(send, 200, orjson.dumps({"released": held}))
+
     # -- model routes ----------------------------------------------------------------------------
     async def _parse(self, scope, send, body) -> tuple[dict | None, str]:
         """The JSON body and the model it names, or None after answering with vLLM's error."""
@@ -181,7 +220,7 @@ class Simulator:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
-            await _send(send, 400, shapes.error("1 validation error:\n  JSON decode error", "Bad Request", 400, "body"))
+            await _send(send, 400, shapes.json_error(body))
             return None, ""
         if not isinstance(data, dict):
             await _send(send, 400, shapes.error("1 validation error:\n  Input should be an object", "Bad Request", 400, "body"))
@@ -190,8 +229,11 @@ class Simulator:
         model = data.get("model") or self.config.models[0]
         served = self.config.models + self.config.lora_adapters
         if model not in served:
-            message = f"The model `{model}` does not exist. Valid aliases: {', '.join(self.config.models)}."
-            await _send(send, 404, shapes.error(message, "NotFoundError", 404, "model"))
+            if self.config.kind == CHAT:
+                message = f"The model `{model}` does not exist. Valid aliases: {', '.join(self.config.models)}."
+                await _send(send, 404, shapes.error(message, "NotFoundError", 404, "model"))
+            else:  # vLLM's pooling routes word it differently
+                await _send(send, 404, shapes.error(f"The model `{model}` does not exist.", "NotFoundError", 404))
             return None, ""
         return data, (model if model in self.config.lora_adapters else self.config.models[0])
 
@@ -230,10 +272,11 @@ class Simulator:
         if fault == "done":
             return
         if chat and not isinstance(data.get("messages"), list):
-            await _send(send, 400, shapes.error("1 validation error:\n  {'type': 'missing', 'loc': ('body', 'messages')}", "Bad Request", 400, "body.messages"))
+            await _send(send, 400, shapes.missing_field_error("messages", data))
             return
-        if not chat and "prompt" not in data:
-            await _send(send, 400, shapes.error("1 validation error:\n  {'type': 'missing', 'loc': ('body', 'prompt')}", "Bad Request", 400, "body.prompt"))
+        if not chat and not data.get("prompt"):
+            await _send(send, 400, shapes.error("Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)",
+                                                "BadRequestError", 400, "prompt"))
             return
         max_tokens = data.get("max_tokens") or data.get("max_completion_tokens") or self.config.default_max_tokens
         if not isinstance(max_tokens, int) or max_tokens < 1:
@@ -241,7 +284,7 @@ class Simulator:
             return
         if max_tokens > self.config.max_model_len:
             message = (f"max_tokens={max_tokens} cannot be greater than max_model_len={self.config.max_model_len}. "
-                       "Please request fewer output tokens.")
+                       f"Please request fewer output tokens. (parameter=max_tokens, value={max_tokens})")
             await _send(send, 400, shapes.error(message, "BadRequestError", 400, "max_tokens"))
             return
         prompt_text = orjson.dumps(data.get("messages") if chat else data.get("prompt")).decode()
@@ -259,6 +302,8 @@ class Simulator:
     async def _stream_chunks(self, rid, model, chat, max_tokens, prompt_tokens, include_usage, delay, fault):
         created = int(time.time())
         started = time.perf_counter()
+        if fault == "hold":
+            await self.state.hold()
         if chat:
             yield shapes.chat_chunk(rid, created, model, {"role": "assistant", "content": ""}, None, first=True)
         for i in range(max_tokens):
@@ -272,10 +317,11 @@ class Simulator:
                 raise ConnectionAbortedError("simulated backend crash mid-stream")
             finish = "length" if i == max_tokens - 1 else None
             piece = shapes.word(i)
+            marked = finish is not None and not include_usage
             if chat:
-                yield shapes.chat_chunk(rid, created, model, {"content": piece}, finish)
+                yield shapes.chat_chunk(rid, created, model, {"content": piece}, finish, fingerprint=marked)
             else:
-                yield shapes.text_chunk(rid, created, model, piece, finish)
+                yield shapes.text_chunk(rid, created, model, piece, finish, fingerprint=marked)
         self._count_tokens(prompt_tokens, max_tokens, started)
         if include_usage:
             yield shapes.usage_chunk(rid, created, model, "chat.completion.chunk" if chat else "text_completion",
@@ -286,6 +332,8 @@ class Simulator:
         started = time.perf_counter()
         if fault == "hang_head":
             await asyncio.sleep(3600)
+        if fault == "hold":
+            await self.state.hold()
         if delay:
             await asyncio.sleep(delay * max_tokens)
         text = "".join(shapes.word(i) for i in range(max_tokens))
@@ -313,7 +361,8 @@ class Simulator:
             return
         rid = shapes.request_id("embd", None)
         self.metrics.prompt.inc(sum(shapes.tokens_for(t) for t in inputs))
-        payload = orjson.dumps(shapes.embeddings(rid, model, inputs, self.config.embedding_dim))
+        payload = orjson.dumps(shapes.embeddings(rid, model, inputs, self.config.embedding_dim,
+                                                 base64_encoded=data.get("encoding_format") == "base64"))
         await self._run_with_cancellation(receive, send, _ready(200, payload))
 
     async def _classify(self, scope, receive, send, body) -> None:
@@ -383,7 +432,7 @@ class Simulator:
     async def _run_with_cancellation(self, receive, send, work) -> None:
         """vLLM's `with_cancellation`: the handler races a task that waits for the client to leave."""
         state = self.state
-        state.running += 1
+        state.start()
         handler = asyncio.ensure_future(work)
         watcher = asyncio.ensure_future(_until_disconnect(receive))
         try:
@@ -403,7 +452,7 @@ class Simulator:
 
     async def _run_streaming(self, scope, receive, send, chunks) -> None:
         state = self.state
-        state.running += 1
+        state.start()
         streamer = asyncio.ensure_future(self._pump(send, chunks))
         watcher = asyncio.ensure_future(_until_disconnect(receive))
         try:

@@ -6,8 +6,11 @@ the gateway see what they would see in production.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import math
+import struct
 import time
 import uuid
 from typing import Any
@@ -53,10 +56,12 @@ def chat_completion(rid: str, model: str, text: str, prompt_tokens: int, complet
             "message": {"role": "assistant", "content": text, "refusal": None, "annotations": None,
                         "audio": None, "function_call": None, "reasoning": None},
             "logprobs": None, "finish_reason": finish, "stop_reason": None, "token_ids": None,
+            "routed_experts": None,
         }],
         "service_tier": None, "system_fingerprint": FINGERPRINT,
         "usage": _usage(prompt_tokens, completion_tokens, details=True),
-        "prompt_logprobs": None, "prompt_token_ids": None, "kv_transfer_params": None,
+        "prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None, "kv_transfer_params": None,
+        "ec_transfer_params": None, "metrics": None,
     }
 
 
@@ -64,14 +69,15 @@ def text_completion(rid: str, model: str, text: str, prompt_tokens: int, complet
     return {
         "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None,
-                     "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None}],
+                     "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None, "routed_experts": None}],
         "service_tier": None, "system_fingerprint": FINGERPRINT,
         "usage": _usage(prompt_tokens, completion_tokens, details=True),
-        "kv_transfer_params": None,
+        "kv_transfer_params": None, "ec_transfer_params": None, "metrics": None,
     }
 
 
-def chat_chunk(rid: str, created: int, model: str, delta: dict, finish: str | None, first: bool = False) -> bytes:
+def chat_chunk(rid: str, created: int, model: str, delta: dict, finish: str | None, first: bool = False,
+               fingerprint: bool = False) -> bytes:
     choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
     if finish is not None:
         choice["stop_reason"] = None
@@ -82,13 +88,18 @@ def chat_chunk(rid: str, created: int, model: str, delta: dict, finish: str | No
     if first:
         chunk["prompt_token_ids"] = None
         chunk["prompt_text"] = None
+    if fingerprint:  # vLLM marks the last chunk of a stream without a usage chunk
+        chunk["system_fingerprint"] = FINGERPRINT
     return sse(chunk)
 
 
-def text_chunk(rid: str, created: int, model: str, text: str, finish: str | None) -> bytes:
-    return sse({"id": rid, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish,
-                             "stop_reason": None, "prompt_token_ids": None, "token_ids": None}]})
+def text_chunk(rid: str, created: int, model: str, text: str, finish: str | None, fingerprint: bool = False) -> bytes:
+    chunk: dict[str, Any] = {"id": rid, "object": "text_completion", "created": created, "model": model,
+                             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish,
+                                          "stop_reason": None, "prompt_token_ids": None, "token_ids": None}]}
+    if fingerprint:
+        chunk["system_fingerprint"] = FINGERPRINT
+    return sse(chunk)
 
 
 def usage_chunk(rid: str, created: int, model: str, obj: str, prompt_tokens: int, completion_tokens: int) -> bytes:
@@ -111,12 +122,17 @@ def embedding(text: str, dim: int) -> list[float]:
     return [v / norm for v in raw]
 
 
-def embeddings(rid: str, model: str, inputs: list[str], dim: int) -> dict:
+def embeddings(rid: str, model: str, inputs: list[str], dim: int, base64_encoded: bool = False) -> dict:
+    """`encoding_format: base64` packs each vector as little-endian float32, as vLLM does
+    (the openai SDK asks for it by default)."""
+    vectors: list[Any] = [embedding(t, dim) for t in inputs]
+    if base64_encoded:
+        vectors = [base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() for v in vectors]
     return {
         "id": rid, "object": "list", "created": int(time.time()), "model": model,
-        "data": [{"index": i, "object": "embedding", "embedding": embedding(t, dim)} for i, t in enumerate(inputs)],
+        "data": [{"index": i, "object": "embedding", "embedding": v} for i, v in enumerate(vectors)],
         "usage": {"prompt_tokens": sum(tokens_for(t) for t in inputs), "total_tokens": sum(tokens_for(t) for t in inputs),
-                  "completion_tokens": 0, "prompt_tokens_details": None},
+                  "completion_tokens": 0, "prompt_tokens_details": None, "completion_tokens_details": None},
     }
 
 
@@ -133,3 +149,20 @@ def _usage(prompt: int, completion: int, details: bool = False) -> dict:
 
 def request_id(prefix: str, header: str | None) -> str:
     return f"{prefix}-{header}" if header else f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def json_error(body: bytes) -> bytes:
+    """vLLM's answer to a body that is not JSON: pydantic's `json_invalid` with the offset."""
+    try:
+        json.loads(body)
+        position, reason = 0, "Invalid JSON"
+    except ValueError as exc:
+        position, reason = getattr(exc, "pos", 0), getattr(exc, "msg", str(exc))
+    detail = (f"{{'type': 'json_invalid', 'loc': 'body.{position}', 'msg': 'JSON decode error', "
+              f"'input': '<dict of 0 items>', 'ctx': {{'error': '{reason}'}}}}")
+    return error(f"1 validation error:\n  {detail}", "Bad Request", 400, f"body.{position}")
+
+
+def missing_field_error(name: str, data: dict) -> bytes:
+    detail = f"{{'type': 'missing', 'loc': 'body.{name}', 'msg': 'Field required', 'input': '<dict of {len(data)} items>'}}"
+    return error(f"1 validation error:\n  {detail}", "Bad Request", 400, f"body.{name}")

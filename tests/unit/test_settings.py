@@ -1,0 +1,261 @@
+"""Configuration: YAML file + `GATEWAY_*` environment, and errors that name the bad key."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from app.settings import ConfigError, Settings, load_settings
+
+BASE = """
+port: 9000
+timeouts: {response_head: 10}
+backends:
+  - name: embed
+    url: http://127.0.0.1:8010/
+    models: [Qwen/Qwen3-Embedding-0.6B]
+    aliases: [embed, text-embedding-3-small]
+    api_key: backend-secret
+  - name: guard
+    url: http://127.0.0.1:8000
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees only the GATEWAY_* variables it sets itself."""
+    for name in list(os.environ):
+        if name.upper().startswith("GATEWAY_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def write(tmp_path: Path):
+    def write(text: str, name: str = "gateway.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    return write
+
+
+def error_of(path: Path | None = None, **overrides) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, **overrides)
+    return str(caught.value)
+
+
+# -- reading ------------------------------------------------------------------------------------------
+
+def test_yaml_file_is_read_with_defaults_for_the_rest(write) -> None:
+    settings = load_settings(write(BASE))
+    assert settings.port == 9000 and settings.host == "0.0.0.0"
+    assert settings.timeouts.response_head == 10 and settings.timeouts.connect == 5.0
+    embed, guard = settings.backends
+    assert embed.url == "http://127.0.0.1:8010"  # trailing slash dropped
+    assert embed.models == ["Qwen/Qwen3-Embedding-0.6B"] and embed.aliases == ["embed", "text-embedding-3-small"]
+    assert embed.api_key.get_secret_value() == "backend-secret"
+    assert "backend-secret" not in repr(settings) and "backend-secret" not in str(settings.model_dump())
+    assert guard.models == [] and guard.api_key is None
+
+
+def test_defaults_without_any_file() -> None:
+    settings = load_settings()
+    assert (settings.host, settings.port, settings.workers, settings.backends) == ("0.0.0.0", 8080, 1, [])
+    assert settings.default_model is None and settings.api_keys == []
+
+
+def test_environment_overrides_the_file(write, monkeypatch) -> None:
+    monkeypatch.setenv("GATEWAY_PORT", "9100")
+    monkeypatch.setenv("GATEWAY_LOG_LEVEL", "debug")
+    settings = load_settings(write(BASE))
+    assert settings.port == 9100 and settings.log_level == "debug"
+    assert len(settings.backends) == 2  # the rest still comes from the file
+
+
+def test_nested_environment_key_merges_with_the_file(write, monkeypatch) -> None:
+    monkeypatch.setenv("GATEWAY_TIMEOUTS__CONNECT", "3")
+    settings = load_settings(write(BASE))
+    assert settings.timeouts.connect == 3.0
+    assert settings.timeouts.response_head == 10.0  # from the file, not reset to the default
+
+
+def test_backends_as_json_in_the_environment_replace_the_file_list(write, monkeypatch) -> None:
+    monkeypatch.setenv("GATEWAY_BACKENDS", '[{"name": "chat", "url": "http://127.0.0.1:8001", "aliases": ["gpt-4o-mini"]}]')
+    settings = load_settings(write(BASE))
+    assert [b.name for b in settings.backends] == ["chat"]
+    assert settings.backends[0].aliases == ["gpt-4o-mini"]
+
+
+def test_environment_alone_configures_everything(monkeypatch) -> None:
+    monkeypatch.setenv("GATEWAY_BACKENDS", '[{"name": "chat", "url": "http://127.0.0.1:8001"}]')
+    monkeypatch.setenv("GATEWAY_HOST", "127.0.0.1")
+    settings = load_settings()
+    assert settings.host == "127.0.0.1" and settings.backends[0].url == "http://127.0.0.1:8001"
+
+
+def test_gateway_config_names_the_file(write, monkeypatch) -> None:
+    monkeypatch.setenv("GATEWAY_CONFIG", str(write(BASE)))
+    assert load_settings().port == 9000
+
+
+def test_an_explicit_path_wins_over_gateway_config(write, monkeypatch) -> None:
+    monkeypatch.setenv("GATEWAY_CONFIG", str(write(BASE)))
+    other = write("port: 9300\n", "other.yaml")
+    assert load_settings(other).port == 9300
+
+
+@pytest.mark.parametrize("value", ["key-one,key-two", " key-one , key-two ,", '["key-one", "key-two"]'])
+def test_api_keys_from_the_environment_comma_or_json(monkeypatch, value: str) -> None:
+    monkeypatch.setenv("GATEWAY_API_KEYS", value)
+    keys = load_settings().api_keys
+    assert [k.get_secret_value() for k in keys] == ["key-one", "key-two"]
+
+
+def test_api_keys_as_a_yaml_list(write) -> None:
+    keys = load_settings(write("api_keys: [a, b]\n")).api_keys
+    assert [k.get_secret_value() for k in keys] == ["a", "b"]
+
+
+def test_command_line_flags_win_over_environment_and_file(write, monkeypatch) -> None:
+    monkeypatch.setenv("GATEWAY_PORT", "9100")
+    settings = load_settings(write(BASE), port=9200, host=None)
+    assert isinstance(settings, Settings)
+    assert settings.port == 9200 and settings.host == "0.0.0.0"  # None means "flag not given"
+    assert [b.name for b in settings.backends] == ["embed", "guard"]
+
+
+def test_empty_file_is_all_defaults(write) -> None:
+    assert load_settings(write("")).port == 8080
+
+
+def test_per_backend_timeouts_override_the_defaults() -> None:
+    settings = Settings(timeouts={"connect": 2, "response_head": 30},
+                        backends=[{"name": "a", "url": "http://h:1", "timeouts": {"response_head": 5}}])
+    effective = settings.backends[0].effective_timeouts(settings.timeouts)
+    assert (effective.connect, effective.response_head) == (2, 5)
+
+
+def test_several_urls_are_replicas() -> None:
+    backend = Settings(backends=[{"name": "a", "urls": ["http://h:1/", "http://h:2"]}]).backends[0]
+    assert backend.all_urls == ["http://h:1", "http://h:2"]
+
+
+# -- mistakes: a ConfigError naming the key -------------------------------------------------------------
+
+def test_unknown_top_level_key(write) -> None:
+    message = error_of(write("prot: 8080\n"))
+    assert "prot: unknown key" in message and "gateway.yaml" in message
+
+
+def test_unknown_backend_key_is_named_with_its_position(write) -> None:
+    message = error_of(write("""
+        backends:
+          - {name: a, url: "http://h:1"}
+          - {name: b, url: "http://h:2", modles: [x]}
+    """))
+    assert "backends[1].modles: unknown key" in message
+
+
+def test_unknown_nested_key(write) -> None:
+    assert "timeouts.conect: unknown key" in error_of(write("timeouts: {conect: 1}\n"))
+
+
+def test_duplicate_backend_name(write) -> None:
+    message = error_of(write("""
+        backends:
+          - {name: chat, url: "http://h:1"}
+          - {name: chat, url: "http://h:2"}
+    """))
+    assert "backends[1].name" in message and "duplicate backend name 'chat'" in message
+    assert "(top level)" not in message
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("models: [m]", "models: [m]"),
+    ("models: [m]", "aliases: [m]"),
+    ("aliases: [m]", "aliases: [m]"),
+    ("aliases: [m]", "models: [m]"),
+])
+def test_model_or_alias_claimed_by_two_backends(write, first: str, second: str) -> None:
+    message = error_of(write(f"""
+        backends:
+          - {{name: one, url: "http://h:1", {first}}}
+          - {{name: two, url: "http://h:2", {second}}}
+    """))
+    assert "backends[1]" in message and "'m'" in message and "'one'" in message and "'two'" in message
+
+
+def test_an_alias_equal_to_the_backends_own_model_is_harmless() -> None:
+    backend = Settings(backends=[{"name": "a", "url": "http://h:1", "models": ["m"], "aliases": ["m"]}]).backends[0]
+    assert backend.served_model_name == "m"
+
+
+def test_default_model_must_be_configured() -> None:
+    with pytest.raises(Exception, match="default_model"):
+        Settings(default_model="zz", backends=[{"name": "a", "url": "http://h:1", "models": ["m"]}])
+    assert Settings(default_model="m", backends=[{"name": "a", "url": "http://h:1", "models": ["m"]}]).default_model == "m"
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("ftp://h:1", "not an http(s) URL"),
+    ("127.0.0.1:8000", "not an http(s) URL"),
+    ("http://", "not an http(s) URL"),
+    ("http://h:1/?x=1", "no query or fragment"),
+    ("http://h:1#top", "no query or fragment"),
+    ("http://h:99999", "port"),
+    ("http://h:8000/v1", "without /v1"),
+    ("http://h:8000/v1/", "without /v1"),
+])
+def test_bad_urls(write, url: str, why: str) -> None:
+    message = error_of(write(f"backends: [{{name: a, url: '{url}'}}]\n"))
+    assert "backends[0].url" in message and why in message
+
+
+def test_url_is_required_and_exclusive_with_urls(write) -> None:
+    assert "backends[0]: url is required" in error_of(write("backends: [{name: a}]\n"))
+    assert "either url or urls" in error_of(write("backends: [{name: a, url: 'http://h:1', urls: ['http://h:2']}]\n"))
+
+
+def test_backend_name_must_fit_a_metric_label(write) -> None:
+    assert "backends[0].name" in error_of(write("backends: [{name: 'a b', url: 'http://h:1'}]\n"))
+
+
+def test_out_of_range_values(write) -> None:
+    assert "port:" in error_of(write("port: 70000\n"))
+    assert "timeouts.connect" in error_of(write("timeouts: {connect: 0}\n"))
+
+
+def test_file_problems(write, tmp_path: Path) -> None:
+    assert "cannot read configuration file" in error_of(tmp_path / "missing.yaml")
+    assert "not valid YAML" in error_of(write("backends: [\n"))
+    assert "top level must be a mapping" in error_of(write("- a\n- b\n"))
+
+
+def test_errors_from_the_environment_name_the_variable(write, monkeypatch) -> None:
+    monkeypatch.setenv("GATEWAY_PORT", "many")
+    message = error_of(write(BASE))
+    assert "port:" in message and "GATEWAY_PORT" in message
+
+
+def test_errors_from_a_flag_name_the_flag(write) -> None:
+    assert "(from --port)" in error_of(write(BASE), port=-1)
+
+
+def test_invalid_json_in_the_environment_is_a_config_error(monkeypatch) -> None:
+    monkeypatch.setenv("GATEWAY_BACKENDS", '[{"name":')
+    assert "GATEWAY_BACKENDS is not valid JSON" in error_of()
+
+
+def test_unknown_key_inside_environment_json(monkeypatch) -> None:
+    monkeypatch.setenv("GATEWAY_BACKENDS", '[{"name": "a", "url": "http://h:1", "api_kye": "x"}]')
+    message = error_of()
+    assert "backends[0].api_kye: unknown key" in message and "GATEWAY_BACKENDS" in message
+
+
+def test_secrets_never_appear_in_error_messages(write) -> None:
+    message = error_of(write("backends: [{name: a, url: 'ftp://h:1', api_key: very-secret-key}]\n"))
+    assert "very-secret-key" not in message
