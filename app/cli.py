@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -62,12 +63,17 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--max-model-len", type=int, default=512)
     simulate.add_argument("--lora", action="append", default=[], help="name of a LoRA adapter to list (repeatable)")
     simulate.add_argument("--api-key", help="require this Bearer key on /v1 routes, as vLLM's --api-key does")
+    # vLLM's own flags, so a `launch.command` can start the simulator where vLLM would run.
+    simulate.add_argument("--served-model-name", nargs="+", help="names to serve instead of --model (as vLLM)")
+    simulate.add_argument("--gpu-memory-utilization", type=float, help="accepted and ignored (as a launched vLLM gets it)")
     simulate.set_defaults(run=_simulate)
     return parser
 
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if level.lower() != "debug":  # httpx logs every health probe at info
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -89,8 +95,16 @@ def _serve(args: argparse.Namespace) -> int:
     )
     if settings.workers == 1:
         from app.gateway import create_app
+        from app.metrics.multiprocess import clear_chosen_dir
 
-        uvicorn.run(create_app(settings), **options)
+        clear_chosen_dir()  # before the app's metrics exist: no counts from an earlier run
+        app = create_app(settings)
+        try:
+            uvicorn.run(app, **options)
+        finally:
+            # uvicorn skips the app's shutdown on a forced exit (a second Ctrl-C): end what is left.
+            if app.state.supervisor is not None:
+                app.state.supervisor.kill_now()
         return 0
     # Several workers import the app themselves: hand them the same configuration.
     if args.config:
@@ -98,7 +112,10 @@ def _serve(args: argparse.Namespace) -> int:
     for key, value in (("HOST", args.host), ("PORT", args.port), ("LOG_LEVEL", args.log_level)):
         if value is not None:
             os.environ[f"GATEWAY_{key}"] = str(value)
-    uvicorn.run("app.gateway:app_from_environment", factory=True, workers=settings.workers, **options)
+    from app.metrics.multiprocess import worker_metrics_dir
+
+    with worker_metrics_dir():  # before the workers import prometheus_client
+        uvicorn.run("app.gateway:app_from_environment", factory=True, workers=settings.workers, **options)
     return 0
 
 
@@ -135,7 +152,9 @@ def routing_table(settings: Settings) -> str:
             lines.append(f"    aliases: {', '.join(backend.aliases)} (sent upstream as {target})")
         if backend.launch:
             share = backend.launch.gpu_memory_utilization
-            lines.append(f"    launch:  {' '.join(backend.launch.command)}"
+            from app.launch import command_line  # the exact argv `serve` will run
+
+            lines.append(f"    launch:  {shlex.join(command_line(backend))}"
                          + (f" (gpu_memory_utilization {share:g})" if share is not None else ""))
     shares = settings.gpu_shares()
     if shares:
@@ -209,6 +228,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from app.simulator import Simulator, SimulatorConfig
 
     _configure_logging("info")
+    args.model = args.served_model_name or args.model
     config = SimulatorConfig(models=args.model, kind=args.kind, token_delay=args.token_delay,
                              max_model_len=args.max_model_len, lora_adapters=args.lora, api_key=args.api_key)
     print(f"simulated vLLM server ({args.kind}) serving {', '.join(args.model)} on http://{args.host}:{args.port}", flush=True)

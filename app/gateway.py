@@ -23,6 +23,7 @@ from app.metrics.page import MetricsPage
 from app.proxy import Proxy
 from app.registry import Registry
 from app.settings import Settings, load_settings
+from app.supervisor import Supervisor, launched_any
 
 log = logging.getLogger("vllm_gateway")
 
@@ -33,22 +34,31 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     metrics = GatewayMetrics()
     metrics.declare_backends(list(registry.backends))
     proxy = Proxy(registry, metrics, settings)
+    supervisor = Supervisor(registry, metrics) if launched_any(registry) else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.shutting_down = False
         _on_exit_signal(app.state.begin_shutdown)
-        await registry.check_all()
-        await registry.refresh_all()
-        monitor = asyncio.create_task(registry.monitor(), name="backend-monitor")
+        monitor = None
         try:
+            # Launched backends start in the background: /health answers while they load.
+            if supervisor is not None:
+                supervisor.start()
+            await registry.check_all()
+            await registry.refresh_all()
+            monitor = asyncio.create_task(registry.monitor(), name="backend-monitor")
             yield
         finally:
             app.state.shutting_down = True
-            monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await monitor
+            if monitor is not None:
+                monitor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await monitor
+            if supervisor is not None:  # also when start-up failed: no process may outlive us
+                await supervisor.stop()
             await registry.aclose()
+            metrics.release()
 
     app = FastAPI(
         title="vllm-gateway",
@@ -61,7 +71,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.proxy = proxy
-    app.state.metrics_page = MetricsPage(registry, metrics)
+    app.state.supervisor = supervisor
+    app.state.metrics_page = MetricsPage(registry, metrics, settings.metrics_scrape_timeout)
     app.state.shutting_down = False
 
     def begin_shutdown() -> None:

@@ -1,0 +1,308 @@
+"""Launching, readiness, restart and stop of the vLLM processes of backends that have `launch:`.
+
+One asyncio task owns each launched backend for the gateway's whole life (`Unit.run`): it starts
+the process, waits for `GET /health` 200, optionally warms it up, then waits for it to exit and
+starts it again with capped exponential backoff. Its state lives on the registry's `Backend`
+(`/status` shows it; the proxy answers 503 + Retry-After while it is not routable).
+
+Only one backend loads at a time (`Supervisor.loading`, a first-come first-served lock taken in
+file order): vLLM instances that profile GPU memory at the same time on one GPU mis-size their KV
+caches or fail to start (vLLM issues 14376 and 55827). A restart waits for that lock too.
+
+Stopping cancels the tasks; each task's `finally` ends its process group (SIGTERM, then SIGKILL
+after `stop_timeout`), so no path out of a task leaves a process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+import signal
+import time
+from typing import IO
+
+import httpx
+
+from app import launch
+from app.metrics import GatewayMetrics
+from app.registry import FAILED, READY, RESTARTING, STARTING, STOPPED, Backend, Registry
+
+log = logging.getLogger("vllm_gateway.supervisor")
+EXIT_OUTPUT_GRACE = 0.2  # seconds for a dead process's last output to pass through the relay
+
+
+class StartFailed(Exception):
+    """One attempt to bring the process up failed; `permanent` means retrying cannot help."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Supervisor:
+    def __init__(self, registry: Registry, metrics: GatewayMetrics, *, probe_interval: float = 0.5,
+                 sink: IO[str] | None = None) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.probe_interval = probe_interval
+        self.sink = sink
+        self.units = [Unit(self, b) for b in registry.backends.values() if b.launched]
+        for unit in self.units:  # not routable, and skipped by the health monitor, from the start
+            unit.backend.state = STARTING
+        self.loading = asyncio.Lock()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """One task per backend, created in file order; the loading lock keeps that order."""
+        for unit in self.units:
+            self.tasks.append(asyncio.create_task(unit.run(), name=f"supervise-{unit.backend.name}"))
+
+    async def stop(self) -> None:
+        """End every process group (all at once) and wait until they are gone."""
+        for task in self.tasks:
+            task.cancel()
+        results = await asyncio.gather(*self.tasks, return_exceptions=True)
+        for unit, result in zip(self.units, results):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("supervising backend %r failed: %r", unit.backend.name, result)
+        self.tasks.clear()
+        self.kill_now()
+
+    def kill_now(self) -> None:
+        """Last resort, synchronous: SIGKILL any group still alive (the event loop may be gone)."""
+        for unit in self.units:
+            if unit.pgid is not None and launch.signal_group(unit.pgid, signal.SIGKILL):
+                log.warning("backend %r: killed what was left of process group %d", unit.backend.name, unit.pgid)
+            unit.pgid = None
+
+
+class Unit:
+    """One supervised backend process: the task that owns it and what it remembers."""
+
+    def __init__(self, supervisor: Supervisor, backend: Backend) -> None:
+        self.supervisor = supervisor
+        self.backend = backend
+        self.launch = backend.config.launch
+        self.pgid: int | None = None
+        self.output: launch.OutputRelay | None = None  # the current process's, for error messages
+        self.failures = 0  # consecutive; decides the next backoff
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    # -- the owning task ---------------------------------------------------------------------
+    async def run(self) -> None:
+        backend = self.backend
+        first, gave_up = True, False
+        proc = relay = exited = None
+        try:
+            while True:
+                proc = relay = exited = None
+                ready_at = None
+                try:
+                    async with self.supervisor.loading:
+                        backend.state = STARTING if first else RESTARTING
+                        proc, relay, exited = await self._launch()
+                        await self._await_ready(proc, exited)
+                        await self._warm_up()
+                    ready_at = time.monotonic()
+                    self._mark_ready(proc)
+                    await self.supervisor.registry.refresh_models(backend)
+                    code = await asyncio.shield(exited)
+                    backend.last_exit_code = code
+                    backend.state = RESTARTING
+                    backend.last_error = f"exited unexpectedly with {describe_exit(code)}"
+                    backend.last_error = await self._exit_report(backend.last_error)
+                    log.error("backend %r (pid %d) %s", self.name, proc.pid, backend.last_error)
+                    await self._end(proc, relay, exited)  # what is left of its group goes too
+                except StartFailed as failure:
+                    backend.state = FAILED
+                    backend.last_error = str(failure)
+                    log.error("backend %r failed to start: %s", self.name, failure)
+                    if failure.permanent:
+                        gave_up = True
+                        return
+                await self._end(proc, relay, exited)
+                if ready_at is not None and time.monotonic() - ready_at >= self.launch.restart_backoff_max:
+                    self.failures = 0  # it ran long enough: start again from the initial delay
+                self.failures += 1
+                delay = backoff(self.failures, self.launch.restart_backoff_initial, self.launch.restart_backoff_max)
+                log.warning("backend %r: restarting in %.1f s", self.name, delay)
+                await asyncio.sleep(delay)
+                first = False
+                backend.restarts += 1
+                self.supervisor.metrics.backend_restarts.labels(self.name).inc()
+        finally:
+            # Stopped (cancelled), given up, or a bug: the process group must not outlive this task.
+            await self._end(proc, relay, exited)
+            if not gave_up:
+                backend.state = STOPPED
+
+    # -- steps -------------------------------------------------------------------------------
+    async def _launch(self) -> tuple[asyncio.subprocess.Process, asyncio.Task[None], asyncio.Future[int]]:
+        config = self.backend.config
+        host, port = launch.address(config)
+        if await _port_taken(host, port):
+            raise StartFailed(f"{host}:{port} already accepts connections: another process (a vLLM left "
+                              f"from an earlier run?) holds the port; not starting a second server there")
+        argv = launch.command_line(config)
+        log.info("launching backend %r: %s", self.name, shlex.join(argv))
+        spawning = asyncio.ensure_future(launch.spawn(argv, launch.environment(config)))
+        try:
+            proc = await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            # Stopped while the process was being created: it must not survive us.
+            with contextlib.suppress(Exception):
+                late = await spawning
+                launch.signal_group(late.pid, signal.SIGKILL)
+                await asyncio.wait_for(late.communicate(), 5.0)  # reap it and close its pipe
+            raise
+        except FileNotFoundError:
+            raise StartFailed(f"cannot run {argv[0]!r}: no such program (check launch.command)", permanent=True) from None
+        except PermissionError:
+            raise StartFailed(f"cannot run {argv[0]!r}: permission denied (check launch.command)", permanent=True) from None
+        self.pgid = proc.pid
+        self.backend.pid = proc.pid
+        self.backend.started_at = time.monotonic()
+        relay = launch.OutputRelay(self.name, launch.log_file_path(config), self.supervisor.sink)
+        self.output = relay
+        relay_task = asyncio.create_task(relay.run(proc.stdout), name=f"output-{self.name}")
+        exited = asyncio.ensure_future(proc.wait())
+        return proc, relay_task, exited
+
+    async def _await_ready(self, proc: asyncio.subprocess.Process, exited: asyncio.Future[int]) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self.launch.ready_timeout
+        deadline = loop.time() + timeout
+        interval = self.supervisor.probe_interval
+        while True:
+            if exited.done():
+                self.backend.last_exit_code = exited.result()
+                raise StartFailed(await self._exit_report(
+                    f"exited with {describe_exit(exited.result())} while loading (pid {proc.pid})"))
+            if await self._healthy() and not exited.done():
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise StartFailed(self._with_output(
+                    f"did not answer GET /health with 200 within {timeout:g} s (launch.ready_timeout)"))
+            await asyncio.wait([exited], timeout=min(interval, remaining))
+
+    async def _healthy(self) -> bool:
+        try:
+            response = await self.backend.upstreams[0].client.get("/health", timeout=5.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def _warm_up(self) -> None:
+        """One tiny request of the kind the model serves, so the first user request is not slow.
+
+        A generative model gets a 1-token chat completion (a plain completion when it has no chat
+        template); a route the model does not serve answers 404 at once, so a 404 means "try an
+        embedding". A failed warm-up is logged and does not keep the backend from serving.
+        """
+        if not self.launch.warmup:
+            return
+        client = self.backend.upstreams[0].client
+        model = self.backend.config.served_model_name
+        attempts = [
+            ("/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}),
+            ("/v1/completions", {"model": model, "prompt": "Hi", "max_tokens": 1}),
+            ("/v1/embeddings", {"model": model, "input": "Hi"}),
+        ]
+        timeout = self.backend.timeouts.response_head
+        for index, (path, body) in enumerate(attempts):
+            try:
+                response = await client.post(path, json=body, timeout=timeout)
+            except httpx.HTTPError as exc:
+                log.warning("backend %r: warm-up request to %s failed: %s", self.name, path, type(exc).__name__)
+                return
+            if response.status_code == 200:
+                log.info("backend %r: warmed up with %s", self.name, path)
+                return
+            if index == 0 and response.status_code not in (400, 404):
+                break
+            if index == 1 and response.status_code != 404:
+                break
+        log.warning("backend %r: warm-up got %d from %s; serving anyway", self.name, response.status_code, path)
+
+    def _mark_ready(self, proc: asyncio.subprocess.Process) -> None:
+        backend = self.backend
+        backend.state, backend.last_error = READY, None
+        loaded = time.monotonic() - (backend.started_at or time.monotonic())
+        log.info("backend %r is ready (pid %d, loaded in %.1f s)", self.name, proc.pid, loaded)
+
+    async def _end(self, proc: asyncio.subprocess.Process | None, relay: asyncio.Task[None] | None,
+                   exited: asyncio.Future[int] | None) -> None:
+        """End the whole process group (also when the leader is gone but its children are not)."""
+        if proc is not None and self.pgid is not None:
+            if await launch.end_group(self.pgid, exited, self.launch.stop_timeout):
+                log.warning("backend %r did not stop within %g s of SIGTERM (launch.stop_timeout); killed it",
+                            self.name, self.launch.stop_timeout)
+            if exited is not None and exited.done() and not exited.cancelled():
+                self.backend.last_exit_code = exited.result()
+            self.pgid = None
+        if relay is not None:
+            await _settle(relay)
+        self.backend.pid = None
+        self.backend.started_at = None
+
+    def _with_output(self, message: str) -> str:
+        tail = self.output.last_lines() if self.output is not None else ""
+        return f"{message}; last output:\n{tail}" if tail else f"{message} (it printed nothing)"
+
+    async def _exit_report(self, message: str) -> str:
+        """`message` plus the last lines the process printed before it exited.
+
+        Taken before the rest of the group is stopped: the children's shutdown chatter would
+        otherwise push the lines that explain the exit (a traceback, an OOM) out of the tail.
+        """
+        await asyncio.sleep(EXIT_OUTPUT_GRACE)  # let the relay take what is still in the pipe
+        return self._with_output(message)
+
+
+def backoff(failures: int, initial: float, cap: float) -> float:
+    """Seconds to wait before the next start after `failures` consecutive failures (1, 2, ...)."""
+    return min(initial * 2 ** min(failures - 1, 30), cap)
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "an unknown status"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name} (exit code {code})"
+    return f"exit code {code}"
+
+
+async def _settle(relay: asyncio.Task[None], timeout: float = 2.0) -> None:
+    """Let the output relay drain what the process printed last; give up after `timeout`."""
+    if relay.done():
+        return
+    done, _ = await asyncio.wait([relay], timeout=timeout)
+    if not done:
+        relay.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await relay
+
+
+async def _port_taken(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return True
+
+
+def launched_any(registry: Registry) -> bool:
+    return any(b.launched for b in registry.backends.values())
+
+
+__all__ = ["StartFailed", "Supervisor", "Unit", "backoff", "describe_exit", "launched_any"]
