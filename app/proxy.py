@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from typing import Any
 
 import httpx
@@ -95,7 +95,13 @@ class Proxy:
             await send_error(send, refusal, request_id)
             return
         exchange = _Exchange(self, scope, send, endpoint, backend, upstream_body, headers, request_id, recorder, started)
-        await exchange.run(receive)
+        try:
+            await exchange.run(receive)
+        except Exception:
+            log.exception("unexpected failure forwarding %s to backend %r", endpoint, backend.name)
+            if exchange.response_started:
+                raise  # the status is out: dropping the connection is all that is left
+            await send_error(send, GatewayError("the gateway failed unexpectedly; see its log"), request_id)
 
     async def _route(self, receive: Any, headers: list[tuple[bytes, bytes]], multipart: bool) -> tuple[tuple[Route, str], bytes]:
         limit = self.settings.max_upload_bytes if multipart else self.settings.max_body_bytes
@@ -133,8 +139,9 @@ class Proxy:
 class _Exchange:
     """One forwarded request: send upstream, relay downstream, watch for the client leaving."""
 
-    __slots__ = ("proxy", "scope", "send", "endpoint", "backend", "body", "headers", "request_id",
-                 "recorder", "started", "status", "response_started", "finished", "client_gone", "streaming")
+    __slots__ = ("proxy", "scope", "send", "endpoint", "backend", "body", "headers", "request_id", "recorder",
+                 "started", "status", "response_started", "finished", "client_gone", "streaming", "delivered",
+                 "upstream")
 
     def __init__(self, proxy: Proxy, scope: dict, send: Any, endpoint: str, backend: Backend, body: bytes,
                  headers: list[tuple[bytes, bytes]], request_id: bytes, recorder: Any, started: float) -> None:
@@ -146,6 +153,8 @@ class _Exchange:
         self.finished = False
         self.client_gone = False
         self.streaming = False
+        self.delivered = False  # the whole answer reached the client (a close after it is no disconnect)
+        self.upstream: Upstream | None = None  # the address the response came from, counted outstanding
 
     async def run(self, receive: Any) -> None:
         task = asyncio.current_task()
@@ -162,8 +171,9 @@ class _Exchange:
         except asyncio.CancelledError:
             if self.client_gone:
                 task.uncancel()
-                recorder.disconnects.inc()
-                self.status = CLIENT_CLOSED
+                if not self.delivered:
+                    recorder.disconnects.inc()
+                    self.status = CLIENT_CLOSED
             elif self.proxy.draining:
                 # The shutdown grace period ran out: end the response cleanly instead of cutting it.
                 task.uncancel()
@@ -204,22 +214,18 @@ class _Exchange:
                 return
 
     async def _exchange(self) -> None:
-        upstream = self.backend.pick()
-        upstream.outstanding += 1
-        try:
-            response = await self._send_with_retries(upstream)
-        finally:
-            upstream.outstanding -= 1
+        response = await self._send_with_retries()
         try:
             await self._relay(response)
         finally:
             await response.aclose()
+            self.upstream.outstanding -= 1
 
     # -- upstream ------------------------------------------------------------------------------
-    async def _send_with_retries(self, upstream: Upstream) -> httpx.Response:
+    async def _send_with_retries(self) -> httpx.Response:
         retries = self.proxy.settings.retries
         try:
-            return await self._attempt(upstream, last=retries.attempts <= 1)
+            return await self._attempt(last=retries.attempts <= 1)
         except Retryable as failure:
             if retries.attempts <= 1:
                 raise failure.error from None
@@ -233,19 +239,31 @@ class _Exchange:
             async for attempt in retrying:
                 with attempt:
                     final = attempt.retry_state.attempt_number >= retries.attempts - 1
-                    return await self._attempt(self.backend.pick(), last=final)
+                    return await self._attempt(last=final)
         except Retryable as failure:
             raise failure.error from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, upstream: Upstream, last: bool) -> httpx.Response:
+    async def _attempt(self, last: bool) -> httpx.Response:
+        """One try on the least busy address; that address counts the request until it is relayed."""
+        upstream = self.backend.pick()
+        upstream.outstanding += 1
+        try:
+            response = await self._send(upstream, last)
+        except BaseException:
+            upstream.outstanding -= 1
+            raise
+        self.upstream = upstream
+        return response
+
+    async def _send(self, upstream: Upstream, last: bool) -> httpx.Response:
         proxy, backend = self.proxy, self.backend
-        client = upstream.client
         path = self.endpoint
         query = self.scope.get("query_string")
         if query:
             path = f"{path}?{query.decode('latin-1')}"
-        request = client.build_request("POST", path, content=self.body, headers=self._upstream_headers())
+        request = httpx.Request("POST", upstream.url_for(path), content=self.body,
+                                headers=self._upstream_headers(upstream), extensions={"timeout": upstream.timeout})
         timeouts = backend.timeouts
         head_timeout, which = timeouts.response_head, "timeouts.response_head"
         if timeouts.total is not None:
@@ -254,7 +272,7 @@ class _Exchange:
                 head_timeout, which = max(remaining, 0.0), "timeouts.total"
         try:
             async with asyncio.timeout(head_timeout):
-                response = await client.send(request, stream=True)
+                response = await upstream.transport.handle_async_request(request)
         except httpx.ConnectTimeout:
             proxy.metrics.upstream_error(backend.name, "connect_timeout")
             backend.breaker.record_failure()
@@ -281,12 +299,14 @@ class _Exchange:
             proxy.metrics.upstream_error(backend.name, "status_5xx")
         return response
 
-    def _upstream_headers(self) -> list[tuple[bytes, bytes]]:
+    def _upstream_headers(self, upstream: Upstream) -> list[tuple[bytes, bytes]]:
         drop = _NOT_FORWARDED_UP
         connection = bodies.header(self.headers, b"connection")
         if connection:
             drop = drop | {token.strip().lower() for token in connection.split(b",")}
         forwarded = [(k, v) for k, v in self.headers if k not in drop]
+        sent = {k for k, _ in forwarded}
+        forwarded.extend((k, v) for k, v in upstream.default_headers.items() if k not in sent)
         forwarded.append((b"x-request-id", self.request_id))
         return forwarded
 
@@ -303,9 +323,13 @@ class _Exchange:
 
     async def _relay_whole(self, response: httpx.Response, status: int, headers: list, content_type: bytes) -> None:
         backend = self.backend
+        encoded = b"content-encoding" in {k for k, _ in headers}
         try:
             async with asyncio.timeout(backend.timeouts.stream_idle):
-                payload = await response.aread()
+                if encoded:
+                    payload = await response.aread()  # decoded: the client gets identity
+                else:
+                    payload = b"".join([chunk async for chunk in response.stream])
         except (TimeoutError, httpx.TimeoutException):
             self.proxy.metrics.upstream_error(backend.name, "timeout")
             raise GatewayTimeout(f"backend {backend.name!r} stopped sending its response") from None
@@ -321,8 +345,8 @@ class _Exchange:
             if status >= 400:
                 payload = _openai_shaped(decoded, status, payload, self.endpoint)
         self.recorder.ttfb.observe(time.perf_counter() - self.started)
-        # aread() decoded any content-encoding, so the payload goes out as identity.
-        headers = [(k, v) for k, v in headers if k != b"content-encoding"]
+        if encoded:
+            headers = [(k, v) for k, v in headers if k != b"content-encoding"]
         headers.append((b"content-length", str(len(payload)).encode()))
         self.response_started = True
         self.status = status
@@ -339,7 +363,7 @@ class _Exchange:
         self.streaming = True
         self.status = status
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        chunks = response.aiter_raw()
+        chunks = response.stream.__aiter__()
         first = True
         failure: GatewayError | None = None
         try:
@@ -355,6 +379,8 @@ class _Exchange:
                         first = False
                         self.recorder.ttfb.observe(time.perf_counter() - self.started)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if chunk.endswith(b"data: [DONE]\n\n"):
+                        self.delivered = True
         except TimeoutError:
             self.proxy.metrics.upstream_error(backend.name, "stream_timeout")
             limit = "timeouts.total" if deadline is not None and loop.time() >= deadline else "timeouts.stream_idle"
@@ -389,7 +415,7 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
     given = bodies.header(headers, b"x-request-id")
     if given and len(given) <= 128 and given.isascii() and all(33 <= c <= 126 for c in given):
         return given
-    return uuid.uuid4().hex.encode()
+    return os.urandom(16).hex().encode()
 
 
 def _unavailable(backend: Backend, what: str | None = None, retry_after_s: float | None = None) -> ServiceUnavailable:

@@ -18,6 +18,7 @@ import orjson
 from app.breaker import CircuitBreaker
 from app.limits import ConcurrencyLimit
 from app.settings import BackendConfig, Settings, Timeouts
+from app.transport import LeanTransport
 
 log = logging.getLogger("vllm_gateway.registry")
 
@@ -33,12 +34,30 @@ ROUTABLE_STATES = frozenset({UNKNOWN, READY, UNHEALTHY})
 
 @dataclass(eq=False)
 class Upstream:
-    """One address of a backend, with its own pooled connections."""
+    """One address of a backend, with its own pooled connections.
+
+    `client` serves the gateway's own calls (health, model lists, metrics); forwarded requests
+    go straight to `transport` with headers and URLs prepared once, here."""
 
     url: str
     client: httpx.AsyncClient
     healthy: bool = True
     outstanding: int = 0
+    default_headers: dict[bytes, bytes] = field(default_factory=dict)
+    timeout: dict[str, float | None] = field(default_factory=dict)
+    _urls: dict[str, httpx.URL] = field(default_factory=dict)
+
+    @property
+    def transport(self) -> httpx.AsyncBaseTransport:
+        return self.client._transport
+
+    def url_for(self, path: str) -> httpx.URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = httpx.URL(self.url + path)
+            if len(self._urls) < 1024:  # paths with query strings vary: keep the cache bounded
+                self._urls[path] = url
+        return url
 
 
 @dataclass(eq=False)
@@ -124,25 +143,34 @@ class Route:
     upstream_model: str | None  # the name to put in the body; None: forward the body unchanged
 
 
-def make_client(url: str, settings: Settings, config: BackendConfig, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
-    timeouts = config.effective_timeouts(settings.timeouts)
-    headers = {"accept-encoding": "identity"}
+def backend_headers(config: BackendConfig) -> dict[bytes, bytes]:
+    """Headers every request to this backend carries unless the client's request sets them."""
+    headers = {b"accept-encoding": b"identity"}
     if config.api_key is not None:
-        headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
-    return httpx.AsyncClient(
-        base_url=url,
-        headers=headers,
-        transport=transport,
-        trust_env=False,  # never send loopback traffic through an HTTP(S)_PROXY from the environment
-        timeout=httpx.Timeout(
-            connect=timeouts.connect,
-            read=max(timeouts.response_head, timeouts.stream_idle),
-            write=timeouts.response_head,
-            pool=timeouts.connect,
-        ),
-        # vLLM closes idle keep-alive connections after 5 s: expire ours first.
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=512, keepalive_expiry=4.0),
+        headers[b"authorization"] = f"Bearer {config.api_key.get_secret_value()}".encode()
+    return headers
+
+
+def make_upstream(url: str, settings: Settings, config: BackendConfig,
+                  transport: httpx.AsyncBaseTransport | None) -> Upstream:
+    timeouts = config.effective_timeouts(settings.timeouts)
+    timeout = httpx.Timeout(
+        connect=timeouts.connect,
+        read=max(timeouts.response_head, timeouts.stream_idle),
+        write=timeouts.response_head,
+        pool=timeouts.connect,
     )
+    headers = backend_headers(config)
+    client = httpx.AsyncClient(
+        base_url=url,
+        headers={k.decode(): v.decode() for k, v in headers.items()},
+        # vLLM closes idle keep-alive connections after 5 s: expire ours first.
+        transport=transport if transport is not None else LeanTransport(keepalive_expiry=4.0),
+        trust_env=False,  # never send loopback traffic through an HTTP(S)_PROXY from the environment
+        timeout=timeout,
+    )
+    return Upstream(url, client, default_headers=headers,
+                    timeout={**timeout.as_dict(), "body": timeouts.stream_idle})
 
 
 class Registry:
@@ -150,7 +178,7 @@ class Registry:
         self.settings = settings
         self.backends: dict[str, Backend] = {}
         for config in settings.backends:
-            upstreams = [Upstream(url, make_client(url, settings, config, transport)) for url in config.all_urls]
+            upstreams = [make_upstream(url, settings, config, transport) for url in config.all_urls]
             backend = Backend(config, upstreams, config.effective_timeouts(settings.timeouts))
             backend.breaker = CircuitBreaker(settings.circuit_breaker.failure_threshold, settings.circuit_breaker.reset_timeout)
             if config.max_concurrency:

@@ -408,10 +408,6 @@ def test_stream_that_goes_quiet_ends_with_a_timeout_event() -> None:
 
 # -- replicas --------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "proxy bug: Upstream.outstanding is decremented as soon as the response head arrives "
-    "(_Exchange._exchange), so a long stream no longer counts and least-outstanding balancing "
-    "sends every stream to the first replica"))
 def test_a_running_stream_counts_as_outstanding_on_its_replica() -> None:
     hosts: list[str] = []
     release = asyncio.Event()
@@ -451,10 +447,6 @@ def _sample(app, name: str, **labels: str) -> float:
     return app.state.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "proxy bug: the official sync SDK closes the connection as soon as it reads `data: [DONE]`; when "
-    "that happens before the backend's own end of stream reaches the gateway, _Exchange counts a "
-    "client disconnect and records status 499 for a stream that was delivered in full"))
 def test_closing_after_done_is_not_a_client_disconnect() -> None:
     """Driven as raw ASGI: the client leaves right after it received `data: [DONE]`, while the
     backend takes a moment to end its stream (as the `openai` SDK and a real server race)."""

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.registry import FAILED, READY, STARTING, UNHEALTHY, UNKNOWN, Registry, make_client
+from app.registry import FAILED, READY, STARTING, UNHEALTHY, UNKNOWN, Registry, make_upstream
 from app.settings import Settings
 
 CARD_FIELDS = ["id", "object", "created", "owned_by", "root", "parent", "max_model_len"]
@@ -252,7 +252,7 @@ def test_status_shape_and_no_secrets(fake) -> None:
 def test_backend_clients_send_the_backend_key_and_ignore_proxy_environment(fake, monkeypatch) -> None:
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     settings = Settings(backends=[{"name": "a", "url": "http://a:1", "api_key": "k-123"}])
-    client = make_client("http://a:1", settings, settings.backends[0], httpx.MockTransport(fake))
+    client = make_upstream("http://a:1", settings, settings.backends[0], httpx.MockTransport(fake)).client
     fake.health["a"] = 200
     assert run(client.get("/health")).status_code == 200
     sent = fake.seen_headers[-1]
