@@ -52,15 +52,37 @@ class ModelEndpoint:
         await self.proxy.handle(scope, receive, send, self.path, self.multipart)
 
 
+class GatewayApp(FastAPI):
+    """FastAPI, with the model routes answered before its middleware stack and router.
+
+    Forwarding needs none of their work (no dependency injection, no exception middleware: the
+    proxy answers every failure itself), and skipping them takes about a sixth off the gateway's
+    CPU per request. `fast_routes` stays empty when a middleware (CORS) must see every request.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fast_routes: dict[str, Any] = {}
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            endpoint = self.fast_routes.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
 
 
-def add_routes(app: FastAPI, proxy: Proxy) -> None:
-    for path in JSON_MODEL_ROUTES:
-        app.router.routes.append(Route(path, ModelEndpoint(proxy, path, False), methods=None))
-    for path in MULTIPART_MODEL_ROUTES:
-        app.router.routes.append(Route(path, ModelEndpoint(proxy, path, True), methods=None))
+def add_routes(app: FastAPI, proxy: Proxy) -> dict[str, ModelEndpoint]:
+    """Register every route; return the model routes' endpoints by path."""
+    endpoints = {path: ModelEndpoint(proxy, path, False) for path in JSON_MODEL_ROUTES}
+    endpoints.update({path: ModelEndpoint(proxy, path, True) for path in MULTIPART_MODEL_ROUTES})
+    for path, endpoint in endpoints.items():
+        app.router.routes.append(Route(path, endpoint, methods=None))
 
     @app.get("/v1/models", include_in_schema=True, summary="Every model of every backend, aliases included")
     async def list_models(request: Request) -> Response:
@@ -107,6 +129,8 @@ def add_routes(app: FastAPI, proxy: Proxy) -> None:
         page, content_type = await request.app.state.metrics_page.render()
         return Response(page, media_type=content_type)
 
+    return endpoints
+
 
 def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
@@ -127,4 +151,4 @@ def add_error_handlers(app: FastAPI) -> None:
         return Response(exc.body(), exc.status, media_type="application/json", headers=exc.headers)
 
 
-__all__ = ["JSON_MODEL_ROUTES", "MULTIPART_MODEL_ROUTES", "ModelEndpoint", "add_error_handlers", "add_routes"]
+__all__ = ["JSON_MODEL_ROUTES", "MULTIPART_MODEL_ROUTES", "GatewayApp", "ModelEndpoint", "add_error_handlers", "add_routes"]

@@ -17,7 +17,7 @@ import httpx
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import add_error_handlers, add_routes
+from app.api import GatewayApp, add_error_handlers, add_routes
 from app.metrics import GatewayMetrics
 from app.metrics.page import MetricsPage
 from app.proxy import Proxy
@@ -60,7 +60,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             await registry.aclose()
             metrics.release()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="vllm-gateway",
         version=__version__,
         summary="One OpenAI-compatible endpoint for several vLLM servers.",
@@ -81,7 +81,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         proxy.begin_shutdown()
 
     app.state.begin_shutdown = begin_shutdown
-    add_routes(app, proxy)
+    model_endpoints = add_routes(app, proxy)
     add_error_handlers(app)
     if settings.cors.allow_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -100,6 +100,13 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         from app.auth import ApiKeyMiddleware
 
         app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_key=metrics_key)
+    if not settings.cors.allow_origins:  # CORS must see every request: then no shortcut
+        if keys:
+            from app.auth import ApiKeyMiddleware
+
+            app.fast_routes = {p: ApiKeyMiddleware(e, keys=keys, metrics_key=None) for p, e in model_endpoints.items()}
+        else:
+            app.fast_routes = dict(model_endpoints)
     return app
 
 
