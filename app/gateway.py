@@ -66,6 +66,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         summary="One OpenAI-compatible endpoint for several vLLM servers.",
         lifespan=lifespan,
         redoc_url=None,
+        redirect_slashes=False,  # a redirect would point at whatever Host the client sent
     )
     app.state.settings = settings
     app.state.registry = registry
