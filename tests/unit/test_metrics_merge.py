@@ -18,9 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.metrics.merge import PageMerger, label_text, merge_pages
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "reference" / "vllm-samples"
-if not SAMPLES.is_dir():  # the reference lives beside the repository in the project's workspace
-    SAMPLES = Path("/work/shared/reference/vllm-samples")
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-samples"
 
 
 def vllm_page(name: str) -> str:

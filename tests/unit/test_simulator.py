@@ -21,10 +21,7 @@ import pytest
 from app.simulator import CHAT, EMBEDDING, Simulator, SimulatorConfig
 from app.simulator import shapes
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "reference" / "vllm-samples"
-if not SAMPLES.is_dir():  # the reference lives beside the repository in the project's workspace
-    SAMPLES = Path("/work/shared/reference/vllm-samples")
-needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason="vLLM captures not available")
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-samples"
 
 
 class Sample:
@@ -101,7 +98,6 @@ EXACT = [
 ]
 
 
-@needs_samples
 @pytest.mark.parametrize(("name", "config"), EXACT, ids=[n for n, _ in EXACT])
 def test_deterministic_answers_match_vllm_byte_for_byte(name: str, config: dict) -> None:
     sample, response = replay(name, **config)
@@ -126,7 +122,6 @@ SHAPED = [
 ]
 
 
-@needs_samples
 @pytest.mark.parametrize(("name", "config"), SHAPED, ids=[n for n, _ in SHAPED])
 def test_generated_answers_have_vllm_fields(name: str, config: dict) -> None:
     sample, response = replay(name, **config)
@@ -135,7 +130,6 @@ def test_generated_answers_have_vllm_fields(name: str, config: dict) -> None:
     assert shape(response.json()) == shape(sample.json())
 
 
-@needs_samples
 @pytest.mark.parametrize("name", ["chat_stream.txt", "completions_stream.txt", "completions_stream_nousage.txt"])
 def test_streams_have_vllm_framing_and_fields(name: str) -> None:
     sample, response = replay(name, **CHAT_SIM)
