@@ -178,7 +178,20 @@ class Simulator:
                 if not message.get("more_body"):
                     break
         self.metrics.http.labels(scope["path"], scope["method"], "2xx").inc()
-        await handler(scope, receive, send, body)
+        started = False
+
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await handler(scope, receive, tracked, body)
+        except Exception as exc:  # a field of the wrong type: vLLM's schema validation answers 400
+            if started:
+                raise
+            message = f"1 validation error:\n  {type(exc).__name__}: {exc}"
+            await _send(send, 400, shapes.error(message, "Bad Request", 400))
 
     # -- plain routes ----------------------------------------------------------------------------
     async def _health(self, scope, receive, send, body) -> None:
