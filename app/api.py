@@ -89,7 +89,7 @@ def add_routes(app: FastAPI, proxy: Proxy) -> dict[str, ModelEndpoint]:
         registry = request.app.state.registry
         return json_response({"object": "list", "data": registry.model_cards()})
 
-    @app.get("/health", summary="200 while the gateway process is alive")
+    @app.api_route("/health", methods=["GET", "HEAD"], summary="200 while the gateway process is alive")
     async def health() -> Response:
         return json_response({"status": "ok"})
 

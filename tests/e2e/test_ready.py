@@ -17,3 +17,10 @@ def test_ready_all_versus_any():
         lenient = httpx.get(f"{gw.url}/ready", params={"require": "any"})
         assert lenient.status_code == 200 and lenient.json() == {"ready": True, "backends": ["up"], "not_ready": ["down"]}
         assert httpx.get(f"{gw.url}/ready", params={"require": "most"}).status_code == 400
+
+
+def test_health_answers_get_and_head():
+    with gateway() as gw:
+        assert httpx.get(f"{gw.url}/health").json() == {"status": "ok"}
+        head = httpx.head(f"{gw.url}/health")
+        assert head.status_code == 200 and head.content == b""
