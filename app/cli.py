@@ -79,6 +79,8 @@ def _configure_logging(level: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app import serving
+
     settings = load_settings(args.config, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     _configure_logging(settings.log_level)
     _raise_open_file_limit()
@@ -92,6 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.shutdown_grace,
         timeout_keep_alive=5,
         backlog=4096,
+        **serving.fast_options(settings.access_log),
     )
     if settings.workers == 1:
         from app.gateway import create_app
@@ -99,6 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         clear_chosen_dir()  # before the app's metrics exist: no counts from an earlier run
         app = create_app(settings)
+        serving.tune_gc()
         try:
             uvicorn.run(app, **options)
         finally:

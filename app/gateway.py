@@ -132,4 +132,8 @@ def _on_exit_signal(callback: Callable[[], None]) -> None:
 
 def app_from_environment() -> FastAPI:
     """Factory for `uvicorn --factory` and multi-worker serving: settings from GATEWAY_*."""
-    return create_app(load_settings())
+    from app.serving import tune_gc
+
+    app = create_app(load_settings())
+    tune_gc()  # this process serves until it exits
+    return app

@@ -5,6 +5,13 @@ comes. A disconnect watcher runs beside every forwarded request, so a client tha
 (mid-stream or while a long non-streaming generation is still running) closes the upstream
 connection at once and vLLM aborts the generation. Timeouts, retries, hop-by-hop headers,
 request ids and request metrics live here, once, for every route.
+
+Backends behind the gateway's own transport (`app.transport.LeanTransport`, the default) are
+called through its direct door: no httpx Request/Response per request. Any other httpx transport
+(tests inject `httpx.MockTransport`; https backends) goes through httpx, behind `HttpxReply`,
+which reads the same as the direct door's reply. Either way one watchdog per request
+(`app.deadline`) enforces the response-head, stream-idle and total timeouts, whatever the
+transport does.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import orjson
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_random_exponential
 
 from app import body as bodies
+from app.deadline import Deadlines
 from app.errors import (
     BadGateway,
     BadRequest,
@@ -35,6 +43,7 @@ from app.metrics import GatewayMetrics
 from app.metrics.gateway import NO_BACKEND, UNKNOWN_MODEL
 from app.registry import Backend, Registry, Route, Upstream
 from app.settings import Settings
+from app.transport import LeanTransport
 
 log = logging.getLogger("vllm_gateway.proxy")
 
@@ -47,6 +56,7 @@ _NOT_FORWARDED_UP = _HOP_BY_HOP | {b"authorization", b"x-request-id", b"x-api-ke
 _NOT_RELAYED_DOWN = _HOP_BY_HOP | {b"date", b"server", b"x-request-id"}
 _EVENT_STREAM = b"text/event-stream"
 _JSON = b"application/json"
+_DONE = b"data: [DONE]\n\n"
 CLIENT_CLOSED = 499  # nginx's code for "client closed request": only ever a metric label
 
 
@@ -63,6 +73,13 @@ class Proxy:
         self.metrics = metrics
         self.settings = settings
         self.draining = False  # set when the gateway begins to shut down
+        self._deadlines: Deadlines | None = None  # every request's timeouts, behind one loop timer
+
+    def deadlines(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:  # tests run one app in several loops
+            deadlines = self._deadlines = Deadlines(loop)
+        return deadlines
 
     def begin_shutdown(self) -> None:
         """New requests get 503 from now on; in-flight ones run on for the grace period."""
@@ -136,12 +153,45 @@ class Proxy:
         return (route, model), raw
 
 
+class HttpxReply:
+    """A response from any other httpx transport, read through the members the proxy uses on
+    `app.transport.Reply` (the direct door's): status, raw headers, complete, read_all(),
+    next_chunk(), aclose()."""
+
+    __slots__ = ("response", "status", "headers", "complete", "_chunks")
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.status = response.status_code
+        self.headers = response.headers.raw
+        self.complete = False  # unknown until read: the watchdog bounds the read
+        self._chunks: Any = None
+
+    async def read_all(self) -> bytes:
+        return b"".join([chunk async for chunk in self.response.stream])
+
+    async def next_chunk(self) -> bytes | None:
+        if self._chunks is None:
+            self._chunks = self.response.stream.__aiter__()
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+
+
 class _Exchange:
-    """One forwarded request: send upstream, relay downstream, watch for the client leaving."""
+    """One forwarded request: send upstream, relay downstream, watch for the client leaving.
+
+    Timeouts: `watchdog` cancels this task when the current phase's deadline passes (response
+    head; whole body; each gap in a stream; `total` for all of it); the phase that was waiting
+    turns that cancellation into its timeout error (`_timed_out`)."""
 
     __slots__ = ("proxy", "scope", "send", "endpoint", "backend", "body", "headers", "request_id", "recorder",
                  "started", "status", "response_started", "finished", "client_gone", "streaming", "delivered",
-                 "upstream")
+                 "upstream", "task", "loop", "watchdog", "total_deadline")
 
     def __init__(self, proxy: Proxy, scope: dict, send: Any, endpoint: str, backend: Backend, body: bytes,
                  headers: list[tuple[bytes, bytes]], request_id: bytes, recorder: Any, started: float) -> None:
@@ -157,8 +207,13 @@ class _Exchange:
         self.upstream: Upstream | None = None  # the address the response came from, counted outstanding
 
     async def run(self, receive: Any) -> None:
-        task = asyncio.current_task()
-        watcher = asyncio.get_running_loop().create_task(self._watch(receive, task))
+        task = self.task = asyncio.current_task()
+        loop = self.loop = task.get_loop()
+        self.watchdog = self.proxy.deadlines(loop).watchdog(task)
+        total = self.backend.timeouts.total
+        # In loop time, from when the request arrived.
+        self.total_deadline = loop.time() + total - (time.perf_counter() - self.started) if total else None
+        watcher = loop.create_task(self._watch(receive, task))
         recorder = self.recorder
         recorder.in_flight.inc()
         limit = self.backend.limit
@@ -167,7 +222,12 @@ class _Exchange:
             if limit is not None:
                 await limit.acquire()
                 acquired = True
-            await self._exchange()
+            reply = await self._send_with_retries()
+            try:
+                await self._relay(reply)
+            finally:
+                await reply.aclose()
+                self.upstream.outstanding -= 1
         except asyncio.CancelledError:
             if self.client_gone:
                 task.uncancel()
@@ -186,6 +246,7 @@ class _Exchange:
             self.status = error.status
             await send_error(self.send, error, self.request_id)
         finally:
+            self.watchdog.stop()
             if acquired:
                 limit.release()
             self.finished = True
@@ -213,16 +274,26 @@ class _Exchange:
                     task.cancel()
                 return
 
-    async def _exchange(self) -> None:
-        response = await self._send_with_retries()
-        try:
-            await self._relay(response)
-        finally:
-            await response.aclose()
-            self.upstream.outstanding -= 1
+    def _timed_out(self) -> bool:
+        """After a CancelledError: was it the watchdog's? Then take it back; True unless the
+        client has left too (that cancellation is run()'s to handle)."""
+        watchdog = self.watchdog
+        if not watchdog.fired:
+            return False
+        watchdog.fired = False
+        self.task.uncancel()
+        return not self.client_gone
+
+    def _phase_deadline(self, seconds: float) -> tuple[float, str]:
+        """Loop time at which a phase allowed `seconds` ends, capped by `total`, and which limit that is."""
+        when = self.loop.time() + seconds
+        total = self.total_deadline
+        if total is not None and total < when:
+            return total, "timeouts.total"
+        return when, ""
 
     # -- upstream ------------------------------------------------------------------------------
-    async def _send_with_retries(self) -> httpx.Response:
+    async def _send_with_retries(self) -> Any:
         retries = self.proxy.settings.retries
         try:
             return await self._attempt(last=retries.attempts <= 1)
@@ -244,35 +315,47 @@ class _Exchange:
             raise failure.error from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, last: bool) -> httpx.Response:
+    async def _attempt(self, last: bool) -> Any:
         """One try on the least busy address; that address counts the request until it is relayed."""
         upstream = self.backend.pick()
         upstream.outstanding += 1
         try:
-            response = await self._send(upstream, last)
+            reply = await self._send(upstream, last)
         except BaseException:
             upstream.outstanding -= 1
             raise
         self.upstream = upstream
-        return response
+        return reply
 
-    async def _send(self, upstream: Upstream, last: bool) -> httpx.Response:
-        proxy, backend = self.proxy, self.backend
+    async def _send(self, upstream: Upstream, last: bool) -> Any:
+        proxy, backend, watchdog = self.proxy, self.backend, self.watchdog
         path = self.endpoint
         query = self.scope.get("query_string")
         if query:
             path = f"{path}?{query.decode('latin-1')}"
-        request = httpx.Request("POST", upstream.url_for(path), content=self.body,
-                                headers=self._upstream_headers(upstream), extensions={"timeout": upstream.timeout})
-        timeouts = backend.timeouts
-        head_timeout, which = timeouts.response_head, "timeouts.response_head"
-        if timeouts.total is not None:
-            remaining = timeouts.total - (time.perf_counter() - self.started)
-            if remaining < head_timeout:
-                head_timeout, which = max(remaining, 0.0), "timeouts.total"
+        deadline, which = self._phase_deadline(backend.timeouts.response_head)
+        which = which or "timeouts.response_head"
+        allowed = max(0.0, deadline - self.loop.time())
+        watchdog.move(deadline)
+        transport = upstream.transport
+        origin = transport.origin(upstream.url) if type(transport) is LeanTransport else None
         try:
-            async with asyncio.timeout(head_timeout):
-                response = await upstream.transport.handle_async_request(request)
+            if origin is not None:
+                reply = await transport.send(origin, b"POST", origin.target(path), self._upstream_headers(upstream),
+                                             self.body, upstream.timeout.get("connect"))
+            else:
+                request = httpx.Request("POST", upstream.url_for(path), content=self.body,
+                                        headers=self._upstream_headers(upstream),
+                                        extensions={"timeout": upstream.timeout})
+                reply = HttpxReply(await transport.handle_async_request(request))
+        except asyncio.CancelledError:
+            if not self._timed_out():
+                raise
+            proxy.metrics.upstream_error(backend.name, "timeout")
+            raise GatewayTimeout(
+                f"backend {backend.name!r} sent no response within {allowed:g} s ({which}); "
+                f"the request was cancelled upstream"
+            ) from None
         except httpx.ConnectTimeout:
             proxy.metrics.upstream_error(backend.name, "connect_timeout")
             backend.breaker.record_failure()
@@ -281,23 +364,25 @@ class _Exchange:
             proxy.metrics.upstream_error(backend.name, "connect")
             backend.breaker.record_failure()
             raise Retryable(_unavailable(backend, "refused the connection"), "connect") from None
-        except (TimeoutError, httpx.TimeoutException):
+        except httpx.TimeoutException:
             proxy.metrics.upstream_error(backend.name, "timeout")
             raise GatewayTimeout(
-                f"backend {backend.name!r} sent no response within {head_timeout:g} s "
-                f"({which}); the request was cancelled upstream"
+                f"backend {backend.name!r} sent no response within {allowed:g} s ({which}); "
+                f"the request was cancelled upstream"
             ) from None
         except httpx.HTTPError as exc:
             proxy.metrics.upstream_error(backend.name, "protocol")
             raise BadGateway(f"backend {backend.name!r} answered with a broken HTTP response ({type(exc).__name__})") from None
+        finally:
+            watchdog.stop()
         backend.answered()
-        if response.status_code == 503 and not last:
-            await response.aclose()
+        if reply.status == 503 and not last:
+            await reply.aclose()
             proxy.metrics.upstream_error(backend.name, "status_5xx")
             raise Retryable(_unavailable(backend, "answered 503"), "status_503")
-        if response.status_code >= 500:
+        if reply.status >= 500:
             proxy.metrics.upstream_error(backend.name, "status_5xx")
-        return response
+        return reply
 
     def _upstream_headers(self, upstream: Upstream) -> list[tuple[bytes, bytes]]:
         drop = _NOT_FORWARDED_UP
@@ -305,37 +390,56 @@ class _Exchange:
         if connection:
             drop = drop | {token.strip().lower() for token in connection.split(b",")}
         forwarded = [(k, v) for k, v in self.headers if k not in drop]
-        sent = {k for k, _ in forwarded}
-        forwarded.extend((k, v) for k, v in upstream.default_headers.items() if k not in sent)
+        defaults = upstream.default_headers
+        if defaults:
+            sent = {k for k, _ in forwarded}
+            forwarded.extend((k, v) for k, v in defaults.items() if k not in sent)
         forwarded.append((b"x-request-id", self.request_id))
         return forwarded
 
     # -- downstream ----------------------------------------------------------------------------
-    async def _relay(self, response: httpx.Response) -> None:
-        status = response.status_code
-        relayed = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in _NOT_RELAYED_DOWN]
+    async def _relay(self, reply: Any) -> None:
+        relayed = []
+        content_type = b""
+        encoding = None
+        for name, value in reply.headers:
+            name = name.lower()
+            if name in _NOT_RELAYED_DOWN:
+                continue
+            if name == b"content-type":
+                content_type = value.lower()
+            elif name == b"content-encoding":
+                encoding = value
+            relayed.append((name, value))
         relayed.append((b"x-request-id", self.request_id))
-        content_type = response.headers.get("content-type", "").encode("latin-1").lower()
         if content_type.startswith(_EVENT_STREAM):
-            await self._relay_stream(response, status, relayed)
+            await self._relay_stream(reply, relayed)
         else:
-            await self._relay_whole(response, status, relayed, content_type)
+            await self._relay_whole(reply, relayed, content_type, encoding)
 
-    async def _relay_whole(self, response: httpx.Response, status: int, headers: list, content_type: bytes) -> None:
-        backend = self.backend
-        encoded = b"content-encoding" in {k for k, _ in headers}
+    async def _relay_whole(self, reply: Any, headers: list, content_type: bytes, encoding: bytes | None) -> None:
+        backend, watchdog = self.backend, self.watchdog
+        status = reply.status
+        if not reply.complete:
+            watchdog.move(self._phase_deadline(backend.timeouts.stream_idle)[0])
         try:
-            async with asyncio.timeout(backend.timeouts.stream_idle):
-                if encoded:
-                    payload = await response.aread()  # decoded: the client gets identity
-                else:
-                    payload = b"".join([chunk async for chunk in response.stream])
-        except (TimeoutError, httpx.TimeoutException):
+            payload = await reply.read_all()
+            if encoding is not None:
+                # Decoded: the client gets identity (httpx's decoders, as for any httpx response).
+                payload = httpx.Response(status, headers=[(b"content-encoding", encoding)], content=payload).content
+        except asyncio.CancelledError:
+            if not self._timed_out():
+                raise
+            self.proxy.metrics.upstream_error(backend.name, "timeout")
+            raise GatewayTimeout(f"backend {backend.name!r} stopped sending its response") from None
+        except httpx.TimeoutException:
             self.proxy.metrics.upstream_error(backend.name, "timeout")
             raise GatewayTimeout(f"backend {backend.name!r} stopped sending its response") from None
         except httpx.HTTPError as exc:
             self.proxy.metrics.upstream_error(backend.name, "disconnect")
             raise BadGateway(f"backend {backend.name!r} broke off its response ({type(exc).__name__})") from None
+        finally:
+            watchdog.stop()
         if content_type.startswith(_JSON):
             try:
                 decoded = orjson.loads(payload)
@@ -345,49 +449,55 @@ class _Exchange:
             if status >= 400:
                 payload = _openai_shaped(decoded, status, payload, self.endpoint)
         self.recorder.ttfb.observe(time.perf_counter() - self.started)
-        if encoded:
+        if encoding is not None:
             headers = [(k, v) for k, v in headers if k != b"content-encoding"]
-        headers.append((b"content-length", str(len(payload)).encode()))
+        headers.append((b"content-length", b"%d" % len(payload)))
         self.response_started = True
         self.status = status
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
-        await self.send({"type": "http.response.body", "body": payload, "more_body": False})
+        send = self.send
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
 
-    async def _relay_stream(self, response: httpx.Response, status: int, headers: list) -> None:
-        backend, send = self.backend, self.send
+    async def _relay_stream(self, reply: Any, headers: list) -> None:
+        backend, send, watchdog, loop = self.backend, self.send, self.watchdog, self.loop
         idle = backend.timeouts.stream_idle
-        total = backend.timeouts.total
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + total if total else None
+        total = self.total_deadline
         self.response_started = True
         self.streaming = True
-        self.status = status
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        chunks = response.stream.__aiter__()
-        first = True
+        self.status = reply.status
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        next_chunk = reply.next_chunk
         failure: GatewayError | None = None
         try:
-            async with asyncio.timeout(None) as timer:
-                while True:
-                    when = loop.time() + idle
-                    timer.reschedule(when if deadline is None else min(when, deadline))
-                    try:
-                        chunk = await chunks.__anext__()
-                    except StopAsyncIteration:
-                        break
-                    if first:
-                        first = False
-                        self.recorder.ttfb.observe(time.perf_counter() - self.started)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    if chunk.endswith(b"data: [DONE]\n\n"):
-                        self.delivered = True
-        except TimeoutError:
+            # The gap allowed before each chunk, the client's send included; moving the deadline
+            # later is a store (app.deadline), not a timer per chunk.
+            when = loop.time() + idle
+            watchdog.move(when if total is None or when < total else total)
+            chunk = await next_chunk()
+            if chunk is not None:
+                self.recorder.ttfb.observe(time.perf_counter() - self.started)
+            while chunk is not None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if chunk.endswith(_DONE):
+                    self.delivered = True
+                when = loop.time() + idle
+                watchdog.move(when if total is None or when < total else total)
+                chunk = await next_chunk()
+        except asyncio.CancelledError:
+            if not self._timed_out():
+                raise
             self.proxy.metrics.upstream_error(backend.name, "stream_timeout")
-            limit = "timeouts.total" if deadline is not None and loop.time() >= deadline else "timeouts.stream_idle"
+            limit = "timeouts.total" if total is not None and loop.time() >= total - 0.001 else "timeouts.stream_idle"
             failure = GatewayTimeout(f"backend {backend.name!r} stream stopped: {limit} exceeded; the stream was closed")
+        except httpx.TimeoutException:
+            self.proxy.metrics.upstream_error(backend.name, "stream_timeout")
+            failure = GatewayTimeout(f"backend {backend.name!r} stream stopped: timeouts.stream_idle exceeded; "
+                                     f"the stream was closed")
         except httpx.HTTPError as exc:
             self.proxy.metrics.upstream_error(backend.name, "disconnect")
             failure = BadGateway(f"backend {backend.name!r} broke off the stream ({type(exc).__name__})")
+        finally:
+            watchdog.stop()
         tail = sse_error_event(failure) if failure is not None else b""
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 

@@ -1,23 +1,28 @@
-"""An HTTP/1.1 transport for httpx, made for one job: many requests to a few plain-http backends.
+"""An HTTP/1.1 client for one job: many requests to a few plain-http backends.
 
 httpcore's pool scans every pooled connection (polling each idle socket) for every request it
 places, so its cost grows with the number of connections: measured here, 70 % of the gateway's
 CPU at 64 concurrent requests, and 17 ms of CPU per stream at 512 concurrent streams. This
-transport keeps the httpx API (`httpx.Request` in, `httpx.Response` out, httpx's exceptions), so
-the rest of the code and the tests' `MockTransport` are unchanged, and replaces what is below:
+module replaces what is below httpx:
 
 - one `asyncio.Protocol` per connection, responses parsed by httptools (C, from uvicorn[standard]);
 - idle connections in a LIFO deque per origin: checkout and release are O(1), and a connection
   the server closes is marked dead by `connection_lost`, so nothing polls sockets;
-- each wait is one loop timer (`call_later`) instead of a cancel scope per socket operation;
-  the response head waits `read` seconds and each body wait `body` seconds (the gateway's
-  `response_head` and `stream_idle`), both from the request's `timeout` extension;
 - a response closed before its end aborts its connection, so the backend sees the client leave;
 - a request on a reused idle connection that the server had just closed is sent again once
   (nothing reached the model: no response byte arrived).
 
-https:// URLs go to httpx's own transport. Not handled, because the gateway never needs them:
-pipelining, `Expect: 100-continue`, responses to HEAD, trailers.
+It has two doors. `LeanTransport` is an `httpx.AsyncBaseTransport` (`httpx.Request` in,
+`httpx.Response` out, httpx's exceptions), used by the gateway's own calls through
+`httpx.AsyncClient` (health checks, model lists, metrics); there each wait is bounded by one loop
+timer from the request's `timeout` extension. `LeanTransport.send` is the proxy's door for
+forwarded requests: raw header pairs and body in, the `Reply` (the connection itself) out, with no
+httpx objects built per request (about a tenth of the gateway's CPU per request) and no timer per
+wait: the proxy bounds the whole exchange with one watchdog (`app.deadline`).
+
+https:// URLs go to httpx's own transport (and the proxy uses httpx for them). Not handled,
+because the gateway never needs them: pipelining, `Expect: 100-continue`, responses to HEAD,
+trailers.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import httptools
 import httpx
@@ -35,17 +41,25 @@ _SINGLE_WRITE = 1 << 16
 _TIMED_OUT = object()
 
 
-class _Connection(asyncio.Protocol):
-    __slots__ = ("loop", "parser", "transport", "dead", "idle_since", "waiter", "request", "status", "headers",
-                 "chunks", "buffered", "complete", "error", "paused", "keep_alive")
+class Reply(asyncio.Protocol):
+    """One connection to a backend and, while a request is out on it, that request's response.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    The proxy reads a response through `status`, `headers` (raw pairs, names as the backend sent
+    them), `complete`, `read_all()` / `next_chunk()` and `aclose()`; `app.proxy.HttpxReply` offers
+    the same members over any other httpx transport (tests inject `httpx.MockTransport`).
+    """
+
+    __slots__ = ("loop", "pool", "key", "parser", "transport", "dead", "idle_since", "waiter", "request", "busy",
+                 "status", "headers", "chunks", "buffered", "complete", "error", "paused", "keep_alive")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: LeanTransport, key: tuple[str, int]) -> None:
+        self.loop, self.pool, self.key = loop, pool, key
         self.transport: asyncio.Transport | None = None
         self.dead = False
         self.idle_since = 0.0
         self.waiter: asyncio.Future | None = None
-        self.request: httpx.Request | None = None
+        self.request: httpx.Request | None = None  # only for httpx's exceptions (httpx door)
+        self.busy = False  # a request is out on this connection
         self.parser = httptools.HttpResponseParser(self)
         self.reset()
 
@@ -76,7 +90,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.dead = True
-        if self.request is None or self.complete:
+        if not self.busy or self.complete:
             return
         if self.status and not self._framed():
             self.complete = True  # a body delimited by the end of the connection
@@ -99,7 +113,9 @@ class _Connection(asyncio.Protocol):
         if self.buffered > _HIGH_WATER and not self.paused:
             self.paused = True
             self.transport.pause_reading()
-        self._wake()
+        waiter = self.waiter  # _wake(), inlined: once per relayed stream chunk
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -128,19 +144,82 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def wait(self, timeout: float | None, what: str) -> None:
-        """Until the parser makes progress or the connection fails, at most `timeout` seconds."""
+    async def wait(self, timeout: float | None = None, what: str = "") -> None:
+        """Until the parser makes progress or the connection fails. With `timeout`, at most that
+        long (the httpx door); without, whoever awaits bounds the wait (the proxy's watchdog)."""
         waiter = self.waiter = self.loop.create_future()
-        timer = self.loop.call_later(timeout, _expire, waiter) if timeout else None
+        if timeout is None:
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+            return
+        timer = self.loop.call_later(timeout, _expire, waiter)
         try:
             await waiter
         finally:
             self.waiter = None
-            if timer is not None:
-                timer.cancel()
+            timer.cancel()
         if waiter.result() is _TIMED_OUT:
             self.fail(httpx.ReadTimeout(f"backend sent no {what} in {timeout:g} s", request=self.request))
             raise self.error  # type: ignore[misc]
+
+    # -- the response, as the proxy reads it ------------------------------------------------
+    def take(self) -> bytes:
+        """Every body byte that has arrived, as one piece: under load, fewer awaits and writes."""
+        chunks = self.chunks
+        if len(chunks) == 1:
+            data = chunks.popleft()
+        else:
+            data = b"".join(chunks)
+            chunks.clear()
+        self.buffered = 0
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def next_chunk(self) -> bytes | None:
+        """The body bytes that arrived since the last call (waiting for some); None at the end."""
+        while True:
+            if self.chunks:
+                return self.take()
+            if self.complete:
+                return None
+            if self.error is not None:
+                raise self.error
+            waiter = self.waiter = self.loop.create_future()  # wait(), inlined: once per stream chunk
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+
+    async def read_all(self) -> bytes:
+        """The whole body (as the backend encoded it)."""
+        parts = []
+        while True:
+            if self.chunks:
+                parts.append(self.take())
+            if self.complete:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            if self.error is not None:
+                raise self.error
+            await self.wait()
+
+    def release(self) -> None:
+        """Back to the pool when the response was read to its end; otherwise closed, so the
+        backend sees the client leave (vLLM aborts the generation)."""
+        if not self.busy:
+            return
+        self.busy = False
+        self.request = None
+        if self.complete and self.keep_alive and not self.dead and self.error is None:
+            self.pool.checkin(self.key, self)
+        else:
+            self.abort()
+
+    async def aclose(self) -> None:
+        self.release()
 
 
 def _expire(waiter: asyncio.Future) -> None:
@@ -149,60 +228,60 @@ def _expire(waiter: asyncio.Future) -> None:
 
 
 class _Body(httpx.AsyncByteStream):
-    __slots__ = ("pool", "key", "conn", "timeout", "released")
+    """The httpx door's response body: each wait bounded by the `body` (else `read`) timeout."""
 
-    def __init__(self, pool: LeanTransport, key: tuple[str, int], conn: _Connection, timeout: float | None) -> None:
-        self.pool, self.key, self.conn, self.timeout = pool, key, conn, timeout
-        self.released = False
+    __slots__ = ("conn", "timeout")
+
+    def __init__(self, conn: Reply, timeout: float | None) -> None:
+        self.conn, self.timeout = conn, timeout
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         conn = self.conn
         while True:
-            chunks = conn.chunks
-            if chunks:
-                # Whatever has arrived goes on as one piece: fewer awaits under load.
-                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                conn.buffered = 0
-                if conn.paused:
-                    conn.paused = False
-                    conn.transport.resume_reading()
-                yield data
+            if conn.chunks:
+                yield conn.take()
             elif conn.complete:
                 break
             elif conn.error is not None:
                 raise conn.error
             else:
                 await conn.wait(self.timeout, "body bytes")
-        self._release()
-
-    def _release(self) -> None:
-        if self.released:
-            return
-        self.released = True
-        conn = self.conn
-        conn.request = None
-        if conn.complete and conn.keep_alive and not conn.dead and conn.error is None:
-            self.pool.checkin(self.key, conn)
-        else:
-            conn.abort()
+        conn.release()
 
     async def aclose(self) -> None:
-        if not self.released:
-            if not self.conn.complete:
-                self.conn.abort()  # the reader left early: drop the connection so the backend stops
-            self._release()
+        self.conn.release()
+
+
+@dataclass(eq=False)
+class Origin:
+    """A backend base URL, parsed once: where to connect, the Host header, and request targets."""
+
+    key: tuple[str, int]
+    netloc: bytes
+    base: str
+    targets: dict[str, bytes] = field(default_factory=dict)
+
+    def target(self, path: str) -> bytes:
+        """The request target for `path` (with its query), as httpx would send it."""
+        target = self.targets.get(path)
+        if target is None:
+            target = httpx.URL(self.base + path).raw_path
+            if len(self.targets) < 1024:  # paths with query strings vary: keep the cache bounded
+                self.targets[path] = target
+        return target
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
     def __init__(self, *, keepalive_expiry: float = 4.0, max_idle_per_origin: int = 1024) -> None:
         self.keepalive_expiry = keepalive_expiry
         self.max_idle = max_idle_per_origin
-        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
+        self._idle: dict[tuple[str, int], deque[Reply]] = {}
+        self._origins: dict[str, Origin | None] = {}
         self._fallback: httpx.AsyncBaseTransport | None = None
         self._closed = False
 
-    def checkout(self, key: tuple[str, int]) -> _Connection | None:
+    # -- the pool ------------------------------------------------------------------------------
+    def checkout(self, key: tuple[str, int]) -> Reply | None:
         idle = self._idle.get(key)
         if not idle:
             return None
@@ -219,51 +298,40 @@ class LeanTransport(httpx.AsyncBaseTransport):
             return conn
         return None
 
-    def checkin(self, key: tuple[str, int], conn: _Connection) -> None:
+    def checkin(self, key: tuple[str, int], conn: Reply) -> None:
         if self._closed:
             conn.abort()
             return
-        idle = self._idle.setdefault(key, deque())
+        idle = self._idle.get(key)
+        if idle is None:
+            idle = self._idle[key] = deque()
         if len(idle) >= self.max_idle:
             idle.popleft().abort()
         conn.reset()
         conn.idle_since = time.monotonic()
         idle.append(conn)
 
-    async def _connect(self, host: str, port: int, timeout: float | None, request: httpx.Request) -> _Connection:
+    async def _connect(self, key: tuple[str, int], timeout: float | None, request: httpx.Request | None) -> Reply:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(lambda: _Connection(loop), host, port)
+                _, conn = await loop.create_connection(lambda: Reply(loop, self, key), key[0], key[1])
         except TimeoutError:
             raise httpx.ConnectTimeout(f"no connection within {timeout:g} s", request=request) from None
         except OSError as exc:
             raise httpx.ConnectError(f"cannot connect: {exc.strerror or exc}", request=request) from None
         return conn
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        if url.scheme != "http":
-            if self._fallback is None:
-                self._fallback = httpx.AsyncHTTPTransport()
-            return await self._fallback.handle_async_request(request)
-        timeouts = request.extensions.get("timeout", {})
-        read = timeouts.get("read")
-        body_timeout = timeouts.get("body", read)
-        port = url.port or 80
-        key = (url.host, port)
-        try:
-            body = request.content
-        except httpx.RequestNotRead:
-            body = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
-        head = b"".join((request.method.encode(), b" ", url.raw_path, b" HTTP/1.1\r\n",
-                         *[b"%s: %s\r\n" % pair for pair in request.headers.raw], b"\r\n"))
+    async def _exchange(self, key: tuple[str, int], head: bytes, body: bytes, connect_timeout: float | None,
+                        head_timeout: float | None, request: httpx.Request | None) -> Reply:
+        """Send one request; its connection once the response head is in."""
         retried = False
         while True:
             conn = self.checkout(key)
             reused = conn is not None
             if conn is None:
-                conn = await self._connect(url.host, port, timeouts.get("connect"), request)
+                conn = await self._connect(key, connect_timeout, request)
+            conn.busy = True
             conn.request = request
             if len(body) < _SINGLE_WRITE:
                 conn.transport.write(head + body)
@@ -274,7 +342,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 while not conn.status:
                     if conn.error is not None:
                         raise conn.error
-                    await conn.wait(read, "response head")
+                    await conn.wait(head_timeout, "response head")
             except httpx.RemoteProtocolError:
                 conn.abort()
                 if reused and not conn.status and not retried:
@@ -284,8 +352,49 @@ class LeanTransport(httpx.AsyncBaseTransport):
             except BaseException:
                 conn.abort()
                 raise
-            break
-        return httpx.Response(conn.status, headers=conn.headers, stream=_Body(self, key, conn, body_timeout),
+            return conn
+
+    # -- the proxy's door ------------------------------------------------------------------------
+    def origin(self, base_url: str) -> Origin | None:
+        """`base_url` prepared for `send`; None when this door does not serve it (https)."""
+        try:
+            return self._origins[base_url]
+        except KeyError:
+            pass
+        url = httpx.URL(base_url)
+        origin = None
+        if url.scheme == "http":
+            origin = Origin((url.host, url.port or 80), url.netloc, base_url)
+        self._origins[base_url] = origin
+        return origin
+
+    async def send(self, origin: Origin, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
+                   body: bytes, connect_timeout: float | None) -> Reply:
+        """Forward one request: `headers` go out as given (the proxy filtered them; the client's
+        come through the server's parser, which refuses CR/LF in them), after Host and
+        Content-Length. Returns once the response head is in; nothing here bounds that wait
+        except `connect_timeout` for a new connection: the caller's watchdog does."""
+        head = b"".join((method, b" ", target, b" HTTP/1.1\r\nhost: ", origin.netloc, b"\r\ncontent-length: ",
+                         b"%d" % len(body), b"\r\n", *[b"%s: %s\r\n" % pair for pair in headers], b"\r\n"))
+        return await self._exchange(origin.key, head, body, connect_timeout, None, None)
+
+    # -- the httpx door --------------------------------------------------------------------------
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if url.scheme != "http":
+            if self._fallback is None:
+                self._fallback = httpx.AsyncHTTPTransport()
+            return await self._fallback.handle_async_request(request)
+        timeouts = request.extensions.get("timeout", {})
+        read = timeouts.get("read")
+        try:
+            body = request.content
+        except httpx.RequestNotRead:
+            body = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
+        head = b"".join((request.method.encode(), b" ", url.raw_path, b" HTTP/1.1\r\n",
+                         *[b"%s: %s\r\n" % pair for pair in request.headers.raw], b"\r\n"))
+        conn = await self._exchange((url.host, url.port or 80), head, body, timeouts.get("connect"), read, request)
+        return httpx.Response(conn.status, headers=conn.headers, stream=_Body(conn, timeouts.get("body", read)),
                               extensions={"http_version": b"HTTP/1.1"}, request=request)
 
     async def aclose(self) -> None:

@@ -4,11 +4,14 @@ Every variant runs at once (all pinned to the gateway core; idle ones cost nothi
 repetition loads them in rotating order. The figure to trust on a shared machine is the
 gateway's own CPU per request (from /proc); req/s also depends on what else runs on its core.
 
-    .venv/bin/python bench/compare.py --variants stock,transport,transport+client+dispatch
-    .venv/bin/python bench/compare.py --loads small_c64,small_c1,streams --reps 5
+    mkdir -p /tmp/base && git archive HEAD app | tar -x -C /tmp/base   # the last commit's app/
+    .venv/bin/python bench/compare.py --variants tree:/tmp/base,stock --loads small_c64,small_c1,streams --reps 5
 
-A variant is `stock` (the installed `vllm-gateway`) or `+`-joined parts for
-bench/prototypes/serve.py (transport, client, dispatch, gc).
+A variant is `stock` (the installed `vllm-gateway`, i.e. the working tree), `tree:DIR` (the app/
+package found in DIR, e.g. the last commit's: `git archive HEAD app | tar -x -C /tmp/base`, then
+`--variants tree:/tmp/base,stock`) or `+`-joined parts for bench/prototypes/serve.py (transport,
+client, dispatch, gc: they patch the app as it was before commit a1525ea, when suggestions 1-3
+landed, and no longer apply to app/; kept with NOTES.md section 3).
 """
 
 from __future__ import annotations
@@ -33,17 +36,20 @@ from bench.run import Bench, cpu_list, log, parse, setup  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="stock,transport,transport+client,transport+client+dispatch")
+    parser.add_argument("--variants", default="stock",
+                        help="comma-separated: stock, tree:DIR, or prototype parts joined by + (see above)")
     parser.add_argument("--loads", default="small_c64,large_c64,small_c1",
                         help="comma-separated: small_c64, large_c64, small_c1, streams")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--streams", type=int, default=512)
+    parser.add_argument("--events", type=int, default=64, help="SSE events per stream (default 64)")
     parser.add_argument("--gateway-cpus", default="0")
     parser.add_argument("--load-cpus", default="1")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "compare.json"))
     opts = parser.parse_args()
-    args = parse(["--gateway-cpus", opts.gateway_cpus, "--load-cpus", opts.load_cpus, "--streams", str(opts.streams)])
+    args = parse(["--gateway-cpus", opts.gateway_cpus, "--load-cpus", opts.load_cpus, "--streams", str(opts.streams),
+                  "--events", str(opts.events)])
     setup(args)
     os.sched_setaffinity(0, cpu_list(opts.load_cpus))
     variants = [v.strip() for v in opts.variants.split(",") if v.strip()]
@@ -57,7 +63,8 @@ def main() -> int:
             plain = {}
             streaming = {}
             for variant in variants:
-                prototype = "" if variant == "stock" else variant.replace("+", ",")
+                prototype = ("" if variant == "stock" else variant if variant.startswith("tree:")
+                             else variant.replace("+", ","))
                 if any(w != "streams" for w in wanted):
                     plain[variant] = bench.start_gateway(bench.nginx_ports, 1, opts.gateway_cpus, prototype)
                 if "streams" in wanted:

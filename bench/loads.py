@@ -56,7 +56,7 @@ def wrk(url: str, path: str, bodies: list[Path], connections: int, seconds: floa
 def streams(url: str, count: int, cpus: str, meter: TreeMeter | None = None, timeout: float = 120.0) -> dict:
     argv = taskset(cpus, [sys.executable, "-m", "bench.streams", "--url", url, "--count", str(count),
                           "--timeout", str(timeout)])
-    before = meter.cpu() if meter else 0.0
+    before = meter.split() if meter else (0.0, 0.0)
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
     deadline = time.monotonic() + timeout + 60
@@ -68,13 +68,15 @@ def streams(url: str, count: int, cpus: str, meter: TreeMeter | None = None, tim
             break
         time.sleep(0.05)
     out, err = proc.communicate()
-    after = meter.cpu() if meter else 0.0
+    after = meter.split() if meter else (0.0, 0.0)
     if proc.returncode != 0:
         raise RuntimeError(f"stream client failed ({proc.returncode}): {err.strip()[-2000:]}")
     result = json.loads(out)
     if meter:
-        result["cpu_s"] = after - before
-        result["cpu_us_per_stream"] = (after - before) / max(1, count) * 1e6
+        user, system = after[0] - before[0], after[1] - before[1]
+        result["cpu_s"] = user + system
+        result["cpu_us_per_stream"] = (user + system) / max(1, count) * 1e6
+        result["cpu_system_share"] = system / max(1e-9, user + system)
         result["rss_peak_mb"] = peak / 2**20
     return result
 

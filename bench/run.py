@@ -107,7 +107,13 @@ class Bench:
         path = self.workdir / f"gateway-{port}.yaml"
         path.write_text(json.dumps(config, indent=2))  # JSON is YAML
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        if prototype:
+        if prototype.startswith("tree:"):
+            # Another copy of app/ (e.g. `git archive HEAD app | tar -x -C /tmp/base`): A/B
+            # against a committed state without touching the working tree.
+            tree = prototype[len("tree:"):]
+            command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {tree!r}); "
+                       "from app.cli import main; sys.exit(main())"]
+        elif prototype:
             env["BENCH_PROTOTYPE"] = prototype
             command = [sys.executable, str(REPO / "bench" / "prototypes" / "serve.py")]
         else:
@@ -204,7 +210,8 @@ class Bench:
                         + (f", errors {result['errors']}" if result["errors"] else ""))
         name = f"streams_{self.args.streams}"
         if "streams" in self.args.profile or name in self.args.profile:
-            self.profile(meter.pid, name, lambda: _as_requests(loads.streams(gateway_url, self.args.streams, self.load_cpus)))
+            self.profile(meter.pid, name, lambda: _repeated_streams(gateway_url, self.args.streams, self.load_cpus,
+                                                                    self.args.profile_seconds))
 
     # -- several workers ---------------------------------------------------------------------
     def run_workers(self, baseline: list[dict]) -> None:
@@ -272,9 +279,15 @@ def _native_modules(pids: list[int]) -> dict[str, bool]:
     return {name: f"/{name}/" in maps for name in ("uvloop", "httptools", "orjson")}
 
 
-def _as_requests(result: dict) -> dict:
-    """A stream run in the shape profile.record expects (requests answered)."""
-    return {**result, "requests": result["count"]}
+def _repeated_streams(url: str, count: int, cpus: str, seconds: float) -> dict:
+    """Stream runs back to back for about `seconds` (one run of 512 lasts ~1 s: too few samples),
+    in the shape profile.record expects (requests answered)."""
+    runs = []
+    ends = time.monotonic() + seconds - 1.0
+    while not runs or time.monotonic() < ends:
+        runs.append(loads.streams(url, count, cpus))
+    return {"runs": len(runs), "requests": sum(r["count"] for r in runs),
+            "completed": sum(r["completed"] for r in runs)}
 
 
 def setup(args: argparse.Namespace) -> None:
@@ -345,8 +358,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default="loads,streams,workers",
                         help="comma-separated parts to run: loads, streams, workers (default all)")
     parser.add_argument("--prototype", default="",
-                        help="run the gateway through bench/prototypes/serve.py with these changes "
-                             "(comma-separated: transport, client, dispatch, gc); workers=1 only")
+                        help="tree:DIR runs the app/ found in DIR instead of the working tree's; otherwise "
+                             "bench/prototypes/serve.py with these changes (comma-separated: transport, client, "
+                             "dispatch, gc; for the app before commit a1525ea only); workers=1 only")
     parser.add_argument("--no-setup", action="store_true", help="do not try to install nginx and wrk")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "latest.json"))
     args = parser.parse_args(argv)
