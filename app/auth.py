@@ -40,7 +40,7 @@ class ApiKeyMiddleware:
         if allowed is None or _matches(_bearer(scope["headers"]), allowed):
             await self.app(scope, receive, send)
             return
-        from app.proxy import send_error
+        from app.errors import send_error
 
         error = Unauthorized(
             "missing or wrong API key: send it as `Authorization: Bearer <key>` (the OpenAI SDK's api_key)",

@@ -14,7 +14,7 @@ time, measured here at ~10 µs per request, and once more per relayed stream chu
   the size of what is in flight.
 
 On expiry the watchdog cancels its task, as asyncio.timeout does, and sets `fired`, so the code
-that catches the CancelledError can tell a timeout from a client that left (`app.proxy` takes
+that catches the CancelledError can tell a timeout from a client that left (`app.exchange` takes
 the cancellation back with `task.uncancel()`).
 """
 

@@ -6,6 +6,8 @@ Every error the gateway itself produces goes through `GatewayError`, so clients 
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 
@@ -89,3 +91,14 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | i
 def sse_error_event(error: GatewayError) -> bytes:
     """The last event of a stream that failed after its 200 was sent (vLLM's own shape)."""
     return b"data: " + error.body() + b"\n\ndata: [DONE]\n\n"
+
+
+async def send_error(send: Any, error: GatewayError, request_id: bytes | None = None) -> None:
+    """Answer an ASGI request with `error` in OpenAI shape."""
+    payload = error.body()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    if request_id is not None:
+        headers.append((b"x-request-id", request_id))
+    headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items())
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload, "more_body": False})

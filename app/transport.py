@@ -45,7 +45,7 @@ class Reply(asyncio.Protocol):
     """One connection to a backend and, while a request is out on it, that request's response.
 
     The proxy reads a response through `status`, `headers` (raw pairs, names as the backend sent
-    them), `complete`, `read_all()` / `next_chunk()` and `aclose()`; `app.proxy.HttpxReply` offers
+    them), `complete`, `read_all()` / `next_chunk()` and `aclose()`; `app.exchange.HttpxReply` offers
     the same members over any other httpx transport (tests inject `httpx.MockTransport`).
     """
 

@@ -7,11 +7,9 @@ gateway's own CPU per request (from /proc); req/s also depends on what else runs
     mkdir -p /tmp/base && git archive HEAD app | tar -x -C /tmp/base   # the last commit's app/
     .venv/bin/python bench/compare.py --variants tree:/tmp/base,stock --loads small_c64,small_c1,streams --reps 5
 
-A variant is `stock` (the installed `vllm-gateway`, i.e. the working tree), `tree:DIR` (the app/
+A variant is `stock` (the installed `vllm-gateway`, i.e. the working tree) or `tree:DIR` (the app/
 package found in DIR, e.g. the last commit's: `git archive HEAD app | tar -x -C /tmp/base`, then
-`--variants tree:/tmp/base,stock`) or `+`-joined parts for bench/prototypes/serve.py (transport,
-client, dispatch, gc: they patch the app as it was before commit a1525ea, when suggestions 1-3
-landed, and no longer apply to app/; kept with NOTES.md section 3).
+`--variants tree:/tmp/base,stock`).
 """
 
 from __future__ import annotations

@@ -114,8 +114,7 @@ class Bench:
             command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {tree!r}); "
                        "from app.cli import main; sys.exit(main())"]
         elif prototype:
-            env["BENCH_PROTOTYPE"] = prototype
-            command = [sys.executable, str(REPO / "bench" / "prototypes" / "serve.py")]
+            raise SystemExit(f"--prototype takes tree:DIR, not {prototype!r}")
         else:
             command = [str(Path(sys.executable).with_name("vllm-gateway"))]
         argv = loads.taskset(cpus, [*command, "serve", "--config", str(path), "--workers", str(workers)])
@@ -249,7 +248,7 @@ class Bench:
             finally:
                 self.procs.stop(proc)
         if self.args.workers_scan and self.args.prototype:
-            log("workers scan skipped: prototypes are patched into one process only")
+            log("workers scan skipped: another app/ tree is measured with one worker only")
         elif self.args.workers_scan and "workers" in only and "small_c64" in self.results["loads"]:
             self.run_workers(self.results["loads"]["small_c64"]["gateway"])
         return self.results
@@ -358,9 +357,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default="loads,streams,workers",
                         help="comma-separated parts to run: loads, streams, workers (default all)")
     parser.add_argument("--prototype", default="",
-                        help="tree:DIR runs the app/ found in DIR instead of the working tree's; otherwise "
-                             "bench/prototypes/serve.py with these changes (comma-separated: transport, client, "
-                             "dispatch, gc; for the app before commit a1525ea only); workers=1 only")
+                        help="tree:DIR runs the app/ found in DIR instead of the working tree's (an A/B "
+                             "against a committed state); workers=1 only")
     parser.add_argument("--no-setup", action="store_true", help="do not try to install nginx and wrk")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "latest.json"))
     args = parser.parse_args(argv)
