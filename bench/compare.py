@@ -35,7 +35,7 @@ from bench.run import Bench, cpu_list, log, parse, setup  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="stock",
-                        help="comma-separated: stock, tree:DIR, or prototype parts joined by + (see above)")
+                        help="comma-separated: stock or tree:DIR (see above)")
     parser.add_argument("--loads", default="small_c64,large_c64,small_c1",
                         help="comma-separated: small_c64, large_c64, small_c1, streams")
     parser.add_argument("--reps", type=int, default=3)
@@ -61,8 +61,9 @@ def main() -> int:
             plain = {}
             streaming = {}
             for variant in variants:
-                prototype = ("" if variant == "stock" else variant if variant.startswith("tree:")
-                             else variant.replace("+", ","))
+                if variant != "stock" and not variant.startswith("tree:"):
+                    raise SystemExit(f"unknown variant {variant!r}: use stock or tree:DIR")
+                prototype = "" if variant == "stock" else variant
                 if any(w != "streams" for w in wanted):
                     plain[variant] = bench.start_gateway(bench.nginx_ports, 1, opts.gateway_cpus, prototype)
                 if "streams" in wanted:
