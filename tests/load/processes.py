@@ -23,6 +23,8 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.servers import wait_for
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -184,9 +186,5 @@ def sim_stats(service: Service) -> dict[str, int]:
 
 
 def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
+    """`tests.servers.wait_for` with the longer defaults that whole processes need."""
+    return wait_for(predicate, timeout, interval)
