@@ -45,8 +45,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             # Launched backends start in the background: /health answers while they load.
             if supervisor is not None:
                 supervisor.start()
-            await registry.check_all()
-            await registry.refresh_all()
+            await registry.check_all()  # a backend found ready has its models listed right then
             monitor = asyncio.create_task(registry.monitor(), name="backend-monitor")
             yield
         finally:

@@ -253,13 +253,9 @@ class Registry:
         return False
 
     async def _probe(self, upstream: Upstream, timeout: float) -> str | None:
-        try:
-            response = await upstream.client.get("/health", timeout=timeout)
-        except httpx.HTTPError as exc:
-            upstream.healthy = False
-            return f"health check failed: {type(exc).__name__}"
-        upstream.healthy = response.status_code == 200
-        return None if upstream.healthy else f"health check answered {response.status_code}"
+        error = await health_error(upstream, timeout)
+        upstream.healthy = error is None
+        return error
 
     async def refresh_models(self, backend: Backend, timeout: float = 5.0) -> None:
         upstream = backend.pick()
@@ -301,6 +297,15 @@ class Registry:
 
     async def aclose(self) -> None:
         await asyncio.gather(*(u.client.aclose() for b in self.backends.values() for u in b.upstreams))
+
+
+async def health_error(upstream: Upstream, timeout: float) -> str | None:
+    """None when the address answers GET /health with 200 (vLLM's "ready"), else why not."""
+    try:
+        response = await upstream.client.get("/health", timeout=timeout)
+    except httpx.HTTPError as exc:
+        return f"health check failed: {type(exc).__name__}"
+    return None if response.status_code == 200 else f"health check answered {response.status_code}"
 
 
 def _placeholder_card(name: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import httpx
 
 from app import launch
 from app.metrics import GatewayMetrics
-from app.registry import FAILED, READY, RESTARTING, STARTING, STOPPED, Backend, Registry
+from app.registry import FAILED, READY, RESTARTING, STARTING, STOPPED, Backend, Registry, health_error
 
 log = logging.getLogger("vllm_gateway.supervisor")
 EXIT_OUTPUT_GRACE = 0.2  # seconds for a dead process's last output to pass through the relay
@@ -192,11 +192,7 @@ class Unit:
             await asyncio.wait([exited], timeout=min(interval, remaining))
 
     async def _healthy(self) -> bool:
-        try:
-            response = await self.backend.upstreams[0].client.get("/health", timeout=5.0)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return await health_error(self.backend.upstreams[0], 5.0) is None
 
     async def _warm_up(self) -> None:
         """One tiny request of the kind the model serves, so the first user request is not slow.

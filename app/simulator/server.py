@@ -443,43 +443,34 @@ class Simulator:
 
     # -- lifecycle of one generation, as vLLM runs it ----------------------------------------------
     async def _run_with_cancellation(self, receive, send, work) -> None:
-        """vLLM's `with_cancellation`: the handler races a task that waits for the client to leave."""
-        state = self.state
-        state.start()
-        handler = asyncio.ensure_future(work)
-        watcher = asyncio.ensure_future(_until_disconnect(receive))
-        try:
-            done, _ = await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if handler not in done:
-                handler.cancel()
-                state.disconnects += 1
-                self.metrics.success.labels(*self.metrics.key, "abort").inc()
-                return
-            status, payload = handler.result()
-            state.completed += 1
-            await _send(send, status, payload)
-        finally:
-            watcher.cancel()
-            handler.cancel()
-            state.running -= 1
+        """A non-streaming answer: computed while the client is watched, then sent whole."""
+        finished, result = await self._unless_client_leaves(receive, work)
+        if finished:
+            await _send(send, *result)
 
     async def _run_streaming(self, scope, receive, send, chunks) -> None:
+        await self._unless_client_leaves(receive, self._pump(send, chunks))
+
+    async def _unless_client_leaves(self, receive, work) -> tuple[bool, Any]:
+        """vLLM's `with_cancellation`: the work races a task that waits for the client to leave;
+        if the client wins, the work is cancelled (vLLM aborts the generation)."""
         state = self.state
         state.start()
-        streamer = asyncio.ensure_future(self._pump(send, chunks))
+        task = asyncio.ensure_future(work)
         watcher = asyncio.ensure_future(_until_disconnect(receive))
         try:
-            done, _ = await asyncio.wait({streamer, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if streamer not in done:
-                streamer.cancel()
+            done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if task not in done:
+                task.cancel()
                 state.disconnects += 1
                 self.metrics.success.labels(*self.metrics.key, "abort").inc()
-                return
-            streamer.result()
+                return False, None
+            result = task.result()
             state.completed += 1
+            return True, result
         finally:
             watcher.cancel()
-            streamer.cancel()
+            task.cancel()
             state.running -= 1
 
     async def _pump(self, send, chunks) -> None:

@@ -165,13 +165,13 @@ def test_an_exception_during_start_up_leaves_no_process() -> None:
     registry = app.state.registry
     seen: list[int] = []
 
-    async def broken_refresh() -> None:
+    async def broken_first_check() -> None:
         while registry.backends["chat"].pid is None:  # the backend's process exists...
             await asyncio.sleep(0.01)
         seen.append(registry.backends["chat"].pid)
         raise RuntimeError("start-up broke")  # ...when start-up fails
 
-    registry.refresh_all = broken_refresh
+    registry.check_all = broken_first_check
 
     async def start() -> None:
         async with app.router.lifespan_context(app):
