@@ -1,6 +1,6 @@
 """One forwarded request: send it upstream (with retries), relay the answer, watch the client.
 
-A disconnect watcher runs beside every exchange, so a client that goes away (mid-stream or while
+Every exchange watches its client, so a client that goes away (mid-stream or while
 a long non-streaming generation is still running) closes the upstream connection at once and
 vLLM aborts the generation.
 
@@ -33,7 +33,8 @@ from app.errors import (
     sse_error_event,
 )
 from app.registry import Backend, Upstream
-from app.transport import LeanTransport
+from app.downstream import on_client_lost, open_pipe
+from app.transport import LeanTransport, Reply
 
 if TYPE_CHECKING:
     from app.proxy import Proxy
@@ -96,7 +97,7 @@ class Exchange:
 
     __slots__ = ("proxy", "scope", "send", "endpoint", "backend", "body", "headers", "request_id", "recorder",
                  "started", "status", "response_started", "finished", "client_gone", "streaming", "delivered",
-                 "upstream", "task", "loop", "watchdog", "total_deadline")
+                 "upstream", "task", "loop", "watchdog", "total_deadline", "pipe_chunk")
 
     def __init__(self, proxy: Proxy, scope: dict, send: Any, endpoint: str, backend: Backend, body: bytes,
                  headers: list[tuple[bytes, bytes]], request_id: bytes, recorder: Any, started: float) -> None:
@@ -118,7 +119,9 @@ class Exchange:
         total = self.backend.timeouts.total
         # In loop time, from when the request arrived.
         self.total_deadline = loop.time() + total - (time.perf_counter() - self.started) if total else None
-        watcher = loop.create_task(self._watch(receive, task))
+        # The server calls back when the client leaves (`app.downstream`); under any other, a task
+        # watches `receive()` for it.
+        watcher = None if on_client_lost(self.scope, self._client_lost) else loop.create_task(self._watch(receive, task))
         recorder = self.recorder
         recorder.in_flight.inc()
         limit = self.backend.limit
@@ -155,7 +158,8 @@ class Exchange:
             if acquired:
                 limit.release()
             self.finished = True
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             recorder.in_flight.dec()
             if self.status:
                 recorder.count(self.status)
@@ -174,10 +178,13 @@ class Exchange:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                if not self.finished:
-                    self.client_gone = True
-                    task.cancel()
+                self._client_lost()
                 return
+
+    def _client_lost(self) -> None:
+        if not self.finished:
+            self.client_gone = True
+            self.task.cancel()
 
     def _timed_out(self) -> bool:
         """After a CancelledError: was it the watchdog's? Then take it back; True unless the
@@ -363,6 +370,15 @@ class Exchange:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 
+    def _through_pipe(self, chunk: bytes) -> bool:
+        """One chunk through the pipe (`Reply.pipe`): the stream loop's work, without its task."""
+        if chunk.endswith(_DONE):
+            self.delivered = True
+        when = self.loop.time() + self.backend.timeouts.stream_idle
+        total = self.total_deadline
+        self.watchdog.move(when if total is None or when < total else total)
+        return self.pipe_chunk(chunk)
+
     async def _relay_stream(self, reply: Any, headers: list) -> None:
         backend, send, watchdog, loop = self.backend, self.send, self.watchdog, self.loop
         idle = backend.timeouts.stream_idle
@@ -381,12 +397,22 @@ class Exchange:
             chunk = await next_chunk()
             if chunk is not None:
                 self.recorder.ttfb.observe(time.perf_counter() - self.started)
+            pipe_tried = type(reply) is not Reply  # only the direct door's reply can feed a pipe
             while chunk is not None:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if chunk.endswith(_DONE):
                     self.delivered = True
                 when = loop.time() + idle
                 watchdog.move(when if total is None or when < total else total)
+                if not pipe_tried:
+                    # From here on, chunks go from the backend's socket to the client's in the
+                    # backend connection's callback; this task wakes at the end (or when the
+                    # client reads too slowly, then carries on through `send`).
+                    pipe_tried = True
+                    pipe = open_pipe(self.scope)
+                    if pipe is not None:
+                        self.pipe_chunk = pipe.push
+                        await reply.pipe(self._through_pipe)
                 chunk = await next_chunk()
         except asyncio.CancelledError:
             if not self._timed_out():

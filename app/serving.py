@@ -12,66 +12,9 @@ from typing import Any
 
 import uvicorn
 
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-except ImportError:  # httptools missing: fast_options() falls back to h11 and says so
-    HttpToolsProtocol = None
+from app.downstream import GatewayHttpToolsProtocol
 
 log = logging.getLogger("vllm_gateway.serving")
-
-
-class _HeadHoldingTransport:
-    """The client connection's transport, holding a response head back until the first body
-    bytes (or the end of this loop iteration), so head and body leave in one write system call.
-
-    uvicorn writes a response's status line and headers as soon as the app sends
-    `http.response.start`, and each body message separately: two `send()` calls for every
-    non-streaming answer and for every stream whose first chunk is already there. Everything
-    else is passed through unchanged."""
-
-    __slots__ = ("_transport", "_loop", "_held")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport, self._loop = transport, loop
-        self._held: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            self._transport.write(held + data)
-        elif data.startswith(b"HTTP/1.1 "):
-            self._held = data
-            self._loop.call_soon(self._flush)
-        else:
-            self._transport.write(data)
-
-    def _flush(self) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            if not self._transport.is_closing():
-                self._transport.write(held)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._held = None
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-if HttpToolsProtocol is not None:
-    class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol over `_HeadHoldingTransport` (module level: several
-        workers are spawned processes, which receive the configuration pickled)."""
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(_HeadHoldingTransport(transport, self.loop))
 
 
 def fast_options(access_log: bool = False) -> dict[str, Any]:
@@ -84,8 +27,8 @@ def fast_options(access_log: bool = False) -> dict[str, Any]:
     if importlib.util.find_spec("uvloop") is None:
         options["loop"] = "asyncio"
         _warn_slow("uvloop", "asyncio's own event loop")
-    if HttpToolsProtocol is not None:
-        options["http"] = HeadHoldingHttpToolsProtocol
+    if GatewayHttpToolsProtocol is not None:
+        options["http"] = GatewayHttpToolsProtocol
     else:
         _warn_slow("httptools", "h11")
     return options

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import httptools
@@ -50,7 +50,7 @@ class Reply(asyncio.Protocol):
     """
 
     __slots__ = ("loop", "pool", "key", "parser", "transport", "dead", "idle_since", "waiter", "request", "busy",
-                 "status", "headers", "chunks", "buffered", "complete", "error", "paused", "keep_alive")
+                 "status", "headers", "chunks", "buffered", "complete", "error", "paused", "keep_alive", "sink")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: LeanTransport, key: tuple[str, int]) -> None:
         self.loop, self.pool, self.key = loop, pool, key
@@ -60,6 +60,7 @@ class Reply(asyncio.Protocol):
         self.waiter: asyncio.Future | None = None
         self.request: httpx.Request | None = None  # only for httpx's exceptions (httpx door)
         self.busy = False  # a request is out on this connection
+        self.sink = None  # see pipe()
         self.parser = httptools.HttpResponseParser(self)
         self.reset()
 
@@ -84,6 +85,10 @@ class Reply(asyncio.Protocol):
             self.fail(httpx.RemoteProtocolError("backend switched protocols", request=self.request))
         except httptools.HttpParserError as exc:
             self.fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}", request=self.request))
+        sink = self.sink
+        if sink is not None and self.chunks and not sink(self.take()):
+            self.sink = None
+            self._wake()
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
@@ -110,6 +115,8 @@ class Reply(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
         self.buffered += len(body)
+        if self.sink is not None:
+            return  # data_received hands everything to the sink once the parser is done
         if self.buffered > _HIGH_WATER and not self.paused:
             self.paused = True
             self.transport.pause_reading()
@@ -193,6 +200,23 @@ class Reply(asyncio.Protocol):
                 await waiter
             finally:
                 self.waiter = None
+
+    async def pipe(self, sink: Callable[[bytes], bool]) -> None:
+        """Hand body bytes to `sink` as they arrive, from `data_received` itself (all that one
+        read brought, as one piece), until the body ends, the connection fails, or `sink` returns
+        False (it took those bytes, and wants no more). No task runs per chunk: the caller wakes
+        once, at the end; what the parser produced last, if anything, then waits in `chunks`
+        for `next_chunk()` as usual, like the end or the failure."""
+        self.sink = sink
+        try:
+            while self.sink is not None and not self.complete and self.error is None:
+                waiter = self.waiter = self.loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    self.waiter = None
+        finally:
+            self.sink = None
 
     async def read_all(self) -> bytes:
         """The whole body (as the backend encoded it)."""

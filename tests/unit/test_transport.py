@@ -216,3 +216,55 @@ def test_nothing_listening_is_a_connect_error() -> None:
 
 def test_https_is_left_to_httpx() -> None:
     assert LeanTransport().origin("https://example.invalid:8443") is None
+
+
+def _paced_stream(events: list[bytes]) -> Answer:
+    async def stream(index: int, head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        for event in events:
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        writer.write(b"0\r\n\r\n")
+
+    return stream
+
+
+EVENTS = [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n", b"data: [DONE]\n\n"]
+
+
+def test_a_pipe_hands_every_piece_to_its_sink_from_the_connection_and_returns_at_the_end() -> None:
+    async def scenario() -> None:
+        server, listener, base = await _serving(_paced_stream(EVENTS))
+        transport = LeanTransport()
+        reply = await _send(transport, base)
+        first = await reply.next_chunk()
+        piped: list[bytes] = []
+        await reply.pipe(lambda piece: piped.append(piece) or True)
+        assert first + b"".join(piped) == b"".join(EVENTS) and len(piped) >= 2
+        assert reply.sink is None and await reply.next_chunk() is None
+        await reply.aclose()
+        await transport.aclose()
+        listener.close()
+
+    run(scenario)
+
+
+def test_a_sink_that_wants_no_more_hands_the_rest_back_to_next_chunk() -> None:
+    async def scenario() -> None:
+        server, listener, base = await _serving(_paced_stream(EVENTS))
+        transport = LeanTransport()
+        reply = await _send(transport, base)
+        first = await reply.next_chunk()
+        piped: list[bytes] = []
+        await reply.pipe(lambda piece: piped.append(piece) and False)  # takes one piece, then stops
+        assert len(piped) == 1 and reply.sink is None
+        rest = []
+        while (piece := await reply.next_chunk()) is not None:
+            rest.append(piece)
+        assert first + piped[0] + b"".join(rest) == b"".join(EVENTS) and rest
+        await reply.aclose()
+        await transport.aclose()
+        listener.close()
+
+    run(scenario)

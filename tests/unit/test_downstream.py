@@ -1,0 +1,143 @@
+"""The client connection beneath ASGI (`app.downstream`): a response head written with its body,
+stream chunks piped straight to the client's socket, and the client's leaving reported."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from uvicorn.protocols.http.flow_control import FlowControl
+
+from app import downstream
+from app.lean_cycle import LeanCycle
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+
+
+def _holding() -> tuple[FakeTransport, downstream._HeadHoldingTransport, asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    real = FakeTransport()
+    return real, downstream._HeadHoldingTransport(real, loop), loop
+
+
+def test_head_and_body_leave_in_one_write() -> None:
+    real, holding, loop = _holding()
+    holding.write(HEAD)
+    assert real.writes == []
+    holding.write(b"ok")
+    assert real.writes == [HEAD + b"ok"]
+    loop.run_until_complete(asyncio.sleep(0))  # the scheduled flush finds nothing left
+    assert real.writes == [HEAD + b"ok"]
+    loop.close()
+
+
+def test_a_head_alone_goes_out_in_the_next_loop_iteration() -> None:
+    real, holding, loop = _holding()
+    holding.write(HEAD)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert real.writes == [HEAD]
+    holding.write(b"5\r\nhello\r\n")  # later body bytes pass straight through
+    assert real.writes == [HEAD, b"5\r\nhello\r\n"]
+    loop.close()
+
+
+def test_close_sends_a_held_head_first_and_abort_drops_it() -> None:
+    real, holding, loop = _holding()
+    holding.write(HEAD)
+    holding.close()
+    assert real.writes == [HEAD] and real.closed
+    real, holding, loop2 = _holding()
+    holding.write(HEAD)
+    holding.abort()
+    loop2.run_until_complete(asyncio.sleep(0))
+    assert real.writes == [] and real.aborted
+    assert holding.get_extra_info("peername") == "info:peername"  # everything else passes through
+    loop.close()
+    loop2.close()
+
+
+def test_a_pipe_writes_chunks_in_chunked_framing_until_the_client_falls_behind() -> None:
+    real = FakeTransport()
+    flow = FlowControl(real)
+    pipe = downstream.ChunkPipe(real, flow)
+    assert pipe.push(b"data: 1\n\n") is True
+    assert real.writes == [b"9\r\ndata: 1\n\n\r\n"]
+    flow.pause_writing()  # the client's buffer is over uvicorn's high-water mark
+    assert pipe.push(b"data: 2\n\n") is False  # this one is written, then the caller goes back to send()
+    assert real.writes[-1] == b"9\r\ndata: 2\n\n\r\n"
+    real.close()
+    assert pipe.push(b"data: 3\n\n") is False and len(real.writes) == 2  # gone: nothing written
+
+
+def _uvicorn_cycle(transport, chunked=True, **state):
+    fields = {"chunked_encoding": chunked, "disconnected": False, "response_complete": False,
+              "transport": transport, "flow": FlowControl(transport), **state}
+    return SimpleNamespace(**fields)
+
+
+def test_open_pipe_needs_the_gateway_protocol_and_a_chunked_response_under_way() -> None:
+    real, holding, loop = _holding()
+    assert downstream.open_pipe({}) is None  # another server: relay through ASGI
+    for unfit in (_uvicorn_cycle(holding, chunked=None), _uvicorn_cycle(holding, chunked=False),
+                  _uvicorn_cycle(holding, disconnected=True), _uvicorn_cycle(holding, response_complete=True)):
+        assert downstream.open_pipe({downstream.PIPE_SCOPE_KEY: unfit}) is None
+    cycle = _uvicorn_cycle(holding)
+    holding.write(HEAD)  # a head still held goes out before the first piped chunk
+    pipe = downstream.open_pipe({downstream.PIPE_SCOPE_KEY: cycle})
+    pipe.push(b"x")
+    assert real.writes == [HEAD, b"1\r\nx\r\n"]
+    cycle.flow.pause_writing()
+    assert downstream.open_pipe({downstream.PIPE_SCOPE_KEY: cycle}) is None  # a slow client: not now
+    loop.close()
+
+
+def test_open_pipe_on_a_lean_cycle_flushes_its_held_head() -> None:
+    async def scenario() -> None:
+        real = FakeTransport()
+        cycle = LeanCycle({}, real, FlowControl(real), asyncio.get_running_loop(), [], True, lambda: None, None)
+        await cycle.send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        assert real.writes == []
+        pipe = downstream.open_pipe({downstream.PIPE_SCOPE_KEY: cycle})
+        pipe.push(b"x")
+        assert real.writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and real.writes[1] == b"1\r\nx\r\n"
+
+    asyncio.run(scenario())
+
+
+def test_on_client_lost_registers_only_where_the_server_can_call_back() -> None:
+    calls = []
+    assert downstream.on_client_lost({}, lambda: calls.append(1)) is False
+    gone = SimpleNamespace(disconnected=True)
+    assert downstream.on_client_lost({downstream.PIPE_SCOPE_KEY: gone}, lambda: calls.append(1)) is False
+    cycle = SimpleNamespace(disconnected=False)
+    assert downstream.on_client_lost({downstream.PIPE_SCOPE_KEY: cycle}, lambda: calls.append(1)) is True
+    getattr(cycle, downstream._ON_LOST)()
+    assert calls == [1]
