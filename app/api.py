@@ -52,6 +52,19 @@ class ModelEndpoint:
         await self.proxy.handle(scope, receive, send, self.path, self.multipart)
 
 
+class StoredResponseEndpoint:
+    """`GET /v1/responses/{response_id}` and `POST /v1/responses/{response_id}/cancel`: no model
+    in them; the proxy finds the address holding the response (`app.affinity`)."""
+
+    __slots__ = ("proxy", "action")
+
+    def __init__(self, proxy: Proxy, action: str) -> None:
+        self.proxy, self.action = proxy, action
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await self.proxy.handle_stored_response(scope, receive, send, scope["path_params"]["response_id"], self.action)
+
+
 class GatewayApp(FastAPI):
     """FastAPI, with the model routes answered before its middleware stack and router.
 
@@ -83,6 +96,10 @@ def add_routes(app: FastAPI, proxy: Proxy) -> dict[str, ModelEndpoint]:
     endpoints.update({path: ModelEndpoint(proxy, path, True) for path in MULTIPART_MODEL_ROUTES})
     for path, endpoint in endpoints.items():
         app.router.routes.append(Route(path, endpoint, methods=None))
+    app.router.routes.append(Route("/v1/responses/{response_id}", StoredResponseEndpoint(proxy, "retrieve"),
+                                   methods=["GET"]))
+    app.router.routes.append(Route("/v1/responses/{response_id}/cancel", StoredResponseEndpoint(proxy, "cancel"),
+                                   methods=["POST"]))
 
     @app.get("/v1/models", include_in_schema=True, summary="Every model of every backend, aliases included")
     async def list_models(request: Request) -> Response:

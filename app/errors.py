@@ -56,6 +56,10 @@ class ModelNotFound(GatewayError):
     status, type, code = 404, "invalid_request_error", "model_not_found"
 
 
+class ResponseNotFound(GatewayError):
+    status, type, code = 404, "invalid_request_error", "response_not_found"
+
+
 class MethodNotAllowed(GatewayError):
     status, type, code = 405, "invalid_request_error", "method_not_allowed"
 

@@ -23,6 +23,7 @@ import orjson
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_random_exponential
 
 from app import body as bodies
+from app.affinity import RESPONSE_ID, Holder, id_in_stream
 from app.errors import (
     BadGateway,
     GatewayError,
@@ -97,13 +98,18 @@ class Exchange:
 
     __slots__ = ("proxy", "scope", "send", "endpoint", "backend", "body", "headers", "request_id", "recorder",
                  "started", "status", "response_started", "finished", "client_gone", "streaming", "delivered",
-                 "upstream", "task", "loop", "watchdog", "total_deadline", "pipe_chunk")
+                 "upstream", "task", "loop", "watchdog", "total_deadline", "pipe_chunk", "method", "pinned",
+                 "stored_as")
 
     def __init__(self, proxy: Proxy, scope: dict, send: Any, endpoint: str, backend: Backend, body: bytes,
-                 headers: list[tuple[bytes, bytes]], request_id: bytes, recorder: Any, started: float) -> None:
+                 headers: list[tuple[bytes, bytes]], request_id: bytes, recorder: Any, started: float, *,
+                 method: bytes = b"POST", pinned: Upstream | None = None, stored_as: str | None = None) -> None:
         self.proxy, self.scope, self.send, self.endpoint = proxy, scope, send, endpoint
         self.backend, self.body, self.headers, self.request_id = backend, body, headers, request_id
         self.recorder, self.started = recorder, started
+        self.method = method
+        self.pinned = pinned  # the address that must answer (a stored response lives there), else the least busy
+        self.stored_as = stored_as  # a Responses API answer: remember its address, under this model
         self.status = 0
         self.response_started = False
         self.finished = False
@@ -229,7 +235,7 @@ class Exchange:
 
     async def _attempt(self, last: bool) -> Any:
         """One try on the least busy address; that address counts the request until it is relayed."""
-        upstream = self.backend.pick()
+        upstream = self.pinned or self.backend.pick()
         upstream.outstanding += 1
         try:
             reply = await self._send(upstream, last)
@@ -253,10 +259,10 @@ class Exchange:
         origin = transport.origin(upstream.url) if type(transport) is LeanTransport else None
         try:
             if origin is not None:
-                reply = await transport.send(origin, b"POST", origin.target(path), self._upstream_headers(upstream),
+                reply = await transport.send(origin, self.method, origin.target(path), self._upstream_headers(upstream),
                                              self.body, upstream.timeout.get("connect"))
             else:
-                request = httpx.Request("POST", upstream.url_for(path), content=self.body,
+                request = httpx.Request(self.method.decode(), upstream.url_for(path), content=self.body,
                                         headers=self._upstream_headers(upstream),
                                         extensions={"timeout": upstream.timeout})
                 reply = HttpxReply(await transport.handle_async_request(request))
@@ -360,6 +366,8 @@ class Exchange:
                 raise BadGateway(f"backend {backend.name!r} promised JSON but sent something else") from None
             if status >= 400:
                 payload = _openai_shaped(decoded, status, payload, self.endpoint)
+            elif self.stored_as is not None and isinstance(decoded, dict) and isinstance(decoded.get("id"), str):
+                self._remember(decoded["id"])
         self.recorder.ttfb.observe(time.perf_counter() - self.started)
         if encoding is not None:
             headers = [(k, v) for k, v in headers if k != b"content-encoding"]
@@ -369,6 +377,10 @@ class Exchange:
         send = self.send
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+    def _remember(self, response_id: str | None) -> None:
+        if response_id is not None and RESPONSE_ID.match(response_id):
+            self.proxy.affinity.remember(response_id, Holder(self.backend.name, self.upstream.url, self.stored_as))
 
     def _through_pipe(self, chunk: bytes) -> bool:
         """One chunk through the pipe (`Reply.pipe`): the stream loop's work, without its task."""
@@ -397,6 +409,8 @@ class Exchange:
             chunk = await next_chunk()
             if chunk is not None:
                 self.recorder.ttfb.observe(time.perf_counter() - self.started)
+                if self.stored_as is not None and reply.status < 400:
+                    self._remember(id_in_stream(chunk))
             pipe_tried = type(reply) is not Reply  # only the direct door's reply can feed a pipe
             while chunk is not None:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -5,7 +5,9 @@ It answers the same routes with the same shapes as `vllm serve`, streams paced S
 received so tests can assert on it (`GET /_sim/stats`). A request header `x-sim-fault` injects
 failures: hang_head, hang_stream, close_mid_stream, garbage_json, status_503, status_500, slow; and
 `hold` parks a generation (after a stream's response head) until `POST /_sim/release`, so a load
-test can prove that N requests really were in flight at once.
+test can prove that N requests really were in flight at once. `POST /_sim/health` with
+`{"status": 503}` makes `/health` (and `/ping`) answer that status from then on while everything
+else keeps working: vLLM's API server outliving a dead engine; `{"status": 200}` heals it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +61,7 @@ class SimulatorState:
         self.disconnects = 0
         self.peak_running = 0
         self.held = 0
+        self.health_status = 200  # what GET /health answers; set by POST /_sim/health
         self.paths: collections.Counter[str] = collections.Counter()  # every path asked for, 404s included
         self.release = asyncio.Event()  # the generations parked by `x-sim-fault: hold` wait on it
 
@@ -135,9 +139,10 @@ class Simulator:
         self.config = config
         self.state = SimulatorState()
         self.metrics = _Metrics(config.models[0])
+        self.stored_responses: dict[str, dict] = {}  # the Responses API store: id -> the response
         common = {"/health": self._health, "/ping": self._health, "/v1/models": self._models, "/version": self._version,
                   "/load": self._load, "/metrics": self._metrics, "/_sim/stats": self._stats,
-                  "/_sim/release": self._release,
+                  "/_sim/release": self._release, "/_sim/health": self._set_health,
                   "/tokenize": self._tokenize, "/detokenize": self._detokenize}
         if config.kind == CHAT:
             common.update({"/v1/chat/completions": self._chat, "/v1/completions": self._completions,
@@ -160,6 +165,8 @@ class Simulator:
             return
         self.state.saw(scope["path"])
         handler = self.routes.get(scope["path"])
+        if handler is None and self.config.kind == CHAT and scope["path"].startswith("/v1/responses/"):
+            handler = self._stored_response
         if handler is None:
             await _send(send, 404, b'{"detail":"Not Found"}')
             return
@@ -195,7 +202,8 @@ class Simulator:
 
     # -- plain routes ----------------------------------------------------------------------------
     async def _health(self, scope, receive, send, body) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        status = self.state.health_status
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})
 
     async def _models(self, scope, receive, send, body) -> None:
@@ -222,6 +230,17 @@ class Simulator:
         held = self.state.held
         self.state.release_held()
         await _send(send, 200, orjson.dumps({"released": held}))
+
+    async def _set_health(self, scope, receive, send, body) -> None:
+        try:
+            status = orjson.loads(body)["status"] if scope["method"] == "POST" else None
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            status = None
+        if type(status) is not int or not 200 <= status <= 599:
+            await _send(send, 400, orjson.dumps({"error": 'POST {"status": N} with N from 200 to 599'}))
+            return
+        self.state.health_status = status
+        await _send(send, 200, orjson.dumps({"status": status}))
 
     # -- model routes ----------------------------------------------------------------------------
     async def _parse(self, scope, send, body) -> tuple[dict | None, str]:
@@ -418,16 +437,57 @@ class Simulator:
         await _send(send, 200, orjson.dumps({"prompt": "".join(shapes.word(t) for t in tokens if isinstance(t, int))}))
 
     async def _responses(self, scope, receive, send, body) -> None:
+        """A four-word answer, kept like vLLM's store does (`VLLM_ENABLE_RESPONSES_API_STORE=1`)
+        unless `store` is false; `previous_response_id` must name one this process keeps."""
         data, model = await self._parse(scope, send, body)
         if data is None:
             return
+        previous = data.get("previous_response_id")
+        if previous is not None and previous not in self.stored_responses:
+            await _send(send, 404, shapes.error(f"Response with id '{previous}' not found.", "invalid_request_error",
+                                                404, "previous_response_id"))
+            return
         text = "".join(shapes.word(i) for i in range(4))
-        await _send(send, 200, orjson.dumps({
-            "id": shapes.request_id("resp", None), "object": "response", "created_at": int(time.time()), "model": model,
-            "status": "completed", "output": [{"type": "message", "id": "msg_sim", "status": "completed", "role": "assistant",
-                                               "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        response = {
+            "id": f"resp_{uuid.uuid4().hex[:16]}", "object": "response", "created_at": int(time.time()), "model": model,
+            "status": "completed", "previous_response_id": previous,
+            "output": [{"type": "message", "id": "msg_sim", "status": "completed", "role": "assistant",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}]}],
             "usage": {"input_tokens": 4, "output_tokens": 4, "total_tokens": 8},
-        }))
+        }
+        if data.get("store", True):
+            self.stored_responses[response["id"]] = response
+        if not data.get("stream"):
+            await _send(send, 200, orjson.dumps(response))
+            return
+        events = [("response.created", {"response": {**response, "status": "in_progress", "output": []}})]
+        events += [("response.output_text.delta", {"item_id": "msg_sim", "output_index": 0, "content_index": 0,
+                                                   "delta": shapes.word(i)}) for i in range(4)]
+        events.append(("response.completed", {"response": response}))
+
+        async def chunks():
+            for number, (kind, fields) in enumerate(events):
+                yield b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps({"type": kind, "sequence_number": number, **fields}))
+                await asyncio.sleep(self.config.token_delay)
+
+        await self._run_streaming(scope, receive, send, chunks())
+
+    async def _stored_response(self, scope, receive, send, body) -> None:
+        """`GET /v1/responses/{id}` and `POST /v1/responses/{id}/cancel` on the responses this process keeps."""
+        rest = scope["path"][len("/v1/responses/"):]
+        response_id, _, action = rest.partition("/")
+        self._record(scope, {"response_id": response_id, "action": action or "retrieve"})
+        if (scope["method"], action) not in (("GET", ""), ("POST", "cancel")):
+            await _send(send, 405 if action in ("", "cancel") else 404, b'{"detail":"Method Not Allowed"}')
+            return
+        response = self.stored_responses.get(response_id)
+        if response is None:
+            await _send(send, 404, shapes.error(f"Response with id '{response_id}' not found.", "invalid_request_error",
+                                                404, "response_id"))
+            return
+        if action == "cancel":
+            response = {**response, "status": "cancelled"}
+        await _send(send, 200, orjson.dumps(response))
 
     async def _transcription(self, scope, receive, send, body) -> None:
         ctype = _header(scope, b"content-type") or b""

@@ -96,6 +96,7 @@ def _backend(name: str, model_dir: Path, python: str, core: int, workdir: Path, 
             "args": ["--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", "64M",
                      "--disable-uvicorn-access-log"],
             "env": {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+                    "VLLM_ENABLE_RESPONSES_API_STORE": "1",
                     "VLLM_CPU_OMP_THREADS_BIND": str(core),
                     # beyond the tiny model's 512 positions: long generations for the disconnect test
                     "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},

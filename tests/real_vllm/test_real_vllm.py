@@ -157,6 +157,14 @@ def test_completion(live: LiveGateway) -> None:
     assert reply.usage.completion_tokens == 6
 
 
+def test_a_stored_response_is_retrieved_through_the_gateway(live: LiveGateway) -> None:
+    client = sdk(live)
+    made = client.responses.create(model=CHAT, input="Hello there", max_output_tokens=4, extra_body=RESET)
+    assert made.id.startswith("resp_") and made.model == CHAT
+    again = client.responses.retrieve(made.id)
+    assert again.id == made.id and again.status == made.status
+
+
 def test_embeddings(live: LiveGateway) -> None:
     reply = sdk(live).embeddings.create(model=EMBED, input=["first text", "a second, longer text"])
     assert [d.index for d in reply.data] == [0, 1]
