@@ -61,9 +61,7 @@ class Proxy:
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed on {endpoint}; use POST")
-            if self.draining:
-                raise ServiceUnavailable("the gateway is shutting down; retry against another instance",
-                                         headers={"Retry-After": "1"}, code="shutting_down")
+            self._refuse_if_draining()
             route, upstream_body, data = await self._route(receive, headers, multipart)
         except GatewayError as error:
             self.metrics.for_request(UNKNOWN_MODEL, NO_BACKEND, endpoint).count(error.status)
@@ -74,10 +72,7 @@ class Proxy:
         model_label = route[1]
         backend = route[0].backend
         recorder = self.metrics.for_request(model_label, backend.name, endpoint)
-        refused = refusal(backend)
-        if refused is not None:
-            recorder.count(refused.status)
-            await send_error(send, refused, request_id)
+        if await self._refused(backend, recorder, send, request_id):
             return
         pinned = stored_as = None
         if endpoint == RESPONSES:
@@ -98,9 +93,7 @@ class Proxy:
         request_id = _request_id(headers)
         label = STORED_RESPONSE_ROUTES[action]
         try:
-            if self.draining:
-                raise ServiceUnavailable("the gateway is shutting down; retry against another instance",
-                                         headers={"Retry-After": "1"}, code="shutting_down")
+            self._refuse_if_draining()
             if not RESPONSE_ID.match(response_id):
                 raise BadRequest(f"`{response_id[:80]}` is not a response id (they look like resp_...)",
                                  param="response_id", code="invalid_response_id")
@@ -119,15 +112,27 @@ class Proxy:
             return
         backend, upstream, model = found
         recorder = self.metrics.for_request(model, backend.name, label)
-        refused = refusal(backend)
-        if refused is not None:
-            recorder.count(refused.status)
-            await send_error(send, refused, request_id)
+        if await self._refused(backend, recorder, send, request_id):
             return
         path = f"{RESPONSES}/{response_id}" + ("/cancel" if action == "cancel" else "")
         exchange = Exchange(self, scope, send, path, backend, body, headers, request_id, recorder, started,
                             method=scope["method"].encode(), pinned=upstream)
         await self._run(exchange, receive, request_id)
+
+    def _refuse_if_draining(self) -> None:
+        if self.draining:
+            raise ServiceUnavailable("the gateway is shutting down; retry against another instance",
+                                     headers={"Retry-After": "1"}, code="shutting_down")
+
+    @staticmethod
+    async def _refused(backend: Backend, recorder: Any, send: Any, request_id: bytes) -> bool:
+        """Answered at once because the backend cannot take it now (down, or its circuit open)."""
+        refused = refusal(backend)
+        if refused is None:
+            return False
+        recorder.count(refused.status)
+        await send_error(send, refused, request_id)
+        return True
 
     async def _run(self, exchange: Exchange, receive: Any, request_id: bytes) -> None:
         try:

@@ -114,17 +114,21 @@ def test_a_reply_closed_before_its_end_closes_the_connection() -> None:
     run(scenario)
 
 
-def test_a_stream_comes_in_pieces_then_ends() -> None:
+def _paced_stream(events: list[bytes]) -> Answer:
     async def stream(index: int, head: bytes, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-        for event in (b"data: 1\n\n", b"data: [DONE]\n\n"):
+        for event in events:
             writer.write(b"%x\r\n%s\r\n" % (len(event), event))
             await writer.drain()
             await asyncio.sleep(0.02)
         writer.write(b"0\r\n\r\n")
 
+    return stream
+
+
+def test_a_stream_comes_in_pieces_then_ends() -> None:
     async def scenario() -> None:
-        server, listener, base = await _serving(stream)
+        server, listener, base = await _serving(_paced_stream([b"data: 1\n\n", b"data: [DONE]\n\n"]))
         transport = LeanTransport()
         reply = await _send(transport, base)
         pieces = []
@@ -216,18 +220,6 @@ def test_nothing_listening_is_a_connect_error() -> None:
 
 def test_https_is_left_to_httpx() -> None:
     assert LeanTransport().origin("https://example.invalid:8443") is None
-
-
-def _paced_stream(events: list[bytes]) -> Answer:
-    async def stream(index: int, head: bytes, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-        for event in events:
-            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
-            await writer.drain()
-            await asyncio.sleep(0.02)
-        writer.write(b"0\r\n\r\n")
-
-    return stream
 
 
 EVENTS = [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n", b"data: [DONE]\n\n"]
