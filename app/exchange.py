@@ -457,6 +457,11 @@ def refusal(backend: Backend) -> ServiceUnavailable | None:
 
 
 def unavailable(backend: Backend, what: str | None = None, retry_after_s: float | None = None) -> ServiceUnavailable:
+    if what is None and backend.launched and (backend.last_error or "").startswith("gave up"):
+        return ServiceUnavailable(
+            f"backend {backend.name!r} failed too many times in a row and is no longer restarted "
+            f"(launch.max_restarts); GET /status shows why; it serves again once the gateway is restarted",
+            headers={"Retry-After": "60"})
     retry_after = max(1, round(retry_after_s if retry_after_s is not None else backend_retry_hint(backend)))
     detail = what or f"is {backend.state}"
     return ServiceUnavailable(

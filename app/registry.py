@@ -76,6 +76,10 @@ class Backend:
     restarts: int = 0
     started_at: float | None = None
     last_exit_code: int | None = None
+    # Set by health checks only (a proxied response does not clear them): since when every
+    # GET /health has failed, and how the last one failed. The supervisor restarts on these.
+    health_failing_since: float | None = None
+    last_health_error: str | None = None
 
     @property
     def name(self) -> str:
@@ -244,11 +248,15 @@ class Registry:
         if len(errors) < len(results):
             became_ready = backend.state != READY
             backend.state, backend.last_error = READY, None
+            backend.health_failing_since = backend.last_health_error = None
             backend.breaker.record_success()
             if became_ready:
                 await self.refresh_models(backend)
             return True
         backend.state, backend.last_error = UNHEALTHY, errors[0]
+        backend.last_health_error = errors[0]
+        if backend.health_failing_since is None:
+            backend.health_failing_since = time.monotonic()
         backend.breaker.trip()
         return False
 

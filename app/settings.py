@@ -80,6 +80,8 @@ class LaunchConfig(_Strict):
     stop_timeout: float = Field(20.0, gt=0)
     restart_backoff_initial: float = Field(1.0, ge=0)
     restart_backoff_max: float = Field(60.0, ge=0)
+    unhealthy_restart_after: float = Field(60.0, ge=0)  # 0: a running process is never restarted for /health
+    max_restarts: int = Field(0, ge=0)  # restarts in a row before giving up; 0: never give up
     log_file: str | None = None
 
     @field_validator("command")

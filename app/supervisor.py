@@ -2,8 +2,12 @@
 
 One asyncio task owns each launched backend for the gateway's whole life (`Unit.run`): it starts
 the process, waits for `GET /health` 200, optionally warms it up, then waits for it to exit and
-starts it again with capped exponential backoff. Its state lives on the registry's `Backend`
-(`/status` shows it; the proxy answers 503 + Retry-After while it is not routable).
+starts it again with capped exponential backoff. A process that keeps running while the registry's
+health checks have failed for `launch.unhealthy_restart_after` seconds (vLLM's API server outlives
+a dead engine and answers /health with 503) is ended and started again the same way. After more
+than `launch.max_restarts` failures in a row (when set) the task gives up and leaves the backend
+`failed`. Its state lives on the registry's `Backend` (`/status` shows it; the proxy answers 503 +
+Retry-After while it is not routable).
 
 Only one backend loads at a time (`Supervisor.loading`, a first-come first-served lock taken in
 file order): vLLM instances that profile GPU memory at the same time on one GPU mis-size their KV
@@ -101,7 +105,7 @@ class Unit:
         try:
             while True:
                 proc = relay = exited = None
-                ready_at = None
+                ready_at = healthy_until = None
                 try:
                     async with self.supervisor.loading:
                         backend.state = STARTING if first else RESTARTING
@@ -111,12 +115,17 @@ class Unit:
                     ready_at = time.monotonic()
                     self._mark_ready(proc)
                     await self.supervisor.registry.refresh_models(backend)
-                    code = await asyncio.shield(exited)
-                    backend.last_exit_code = code
-                    backend.state = RESTARTING
-                    backend.last_error = f"exited unexpectedly with {describe_exit(code)}"
-                    backend.last_error = await self._exit_report(backend.last_error)
-                    log.error("backend %r (pid %d) %s", self.name, proc.pid, backend.last_error)
+                    failing = await self._watch(exited)
+                    healthy_until = backend.health_failing_since  # None: healthy until now
+                    if failing is None:
+                        code = exited.result()
+                        backend.last_exit_code = code
+                        backend.state = RESTARTING
+                        backend.last_error = f"exited unexpectedly with {describe_exit(code)}"
+                        backend.last_error = await self._exit_report(backend.last_error)
+                        log.error("backend %r (pid %d) %s", self.name, proc.pid, backend.last_error)
+                    else:
+                        self._restart_unhealthy(proc, failing)
                     await self._end(proc, relay, exited)  # what is left of its group goes too
                 except StartFailed as failure:
                     backend.state = FAILED
@@ -126,9 +135,15 @@ class Unit:
                         gave_up = True
                         return
                 await self._end(proc, relay, exited)
-                if ready_at is not None and time.monotonic() - ready_at >= self.launch.restart_backoff_max:
-                    self.failures = 0  # it ran long enough: start again from the initial delay
-                self.failures += 1
+                if ready_at is None:
+                    healthy_for = None
+                else:
+                    healthy_for = (time.monotonic() if healthy_until is None else healthy_until) - ready_at
+                self.failures = count_failure(self.failures, healthy_for, self.launch.restart_backoff_max)
+                if gives_up(self.failures, self.launch.max_restarts):
+                    self._give_up()
+                    gave_up = True
+                    return
                 delay = backoff(self.failures, self.launch.restart_backoff_initial, self.launch.restart_backoff_max)
                 log.warning("backend %r: restarting in %.1f s", self.name, delay)
                 await asyncio.sleep(delay)
@@ -226,9 +241,50 @@ class Unit:
                 break
         log.warning("backend %r: warm-up got %d from %s; serving anyway", self.name, response.status_code, path)
 
+    async def _watch(self, exited: asyncio.Future[int]) -> float | None:
+        """Wait while the ready process runs. None once it exited; else the seconds its health
+        checks have failed without a break, once that reached `launch.unhealthy_restart_after`.
+
+        The registry's health monitor does the probing (`Backend.health_failing_since`); this
+        only reads what it found, so there is one probe and one interval to configure.
+        """
+        limit = self.launch.unhealthy_restart_after
+        while True:
+            done, _ = await asyncio.wait([exited], timeout=self.supervisor.probe_interval if limit else None)
+            if done:
+                return None
+            failing = unhealthy_too_long(self.backend.health_failing_since, time.monotonic(), limit)
+            if failing is not None:
+                return failing
+
+    def _restart_unhealthy(self, proc: asyncio.subprocess.Process, failing: float) -> None:
+        backend = self.backend
+        last = backend.last_health_error or "health check failed"
+        took = f"{failing:.0f}" if failing >= 10 else f"{failing:.1f}"
+        backend.state = RESTARTING  # not routable, and no longer probed, from here on
+        backend.last_error = self._with_output(
+            f"restarted: /health failed for {took} s (last: {last}); "
+            f"launch.unhealthy_restart_after is {self.launch.unhealthy_restart_after:g} s")
+        log.warning("backend %r (pid %d): GET /health has failed for %s s (last: %s) while the process "
+                    "kept running; ending its process group and starting it again. Check its last output "
+                    "(lines prefixed [%s]) for the engine's error (out of memory, a dead engine core); "
+                    "launch.unhealthy_restart_after sets the limit, 0 turns this off",
+                    self.name, proc.pid, took, last, self.name)
+
+    def _give_up(self) -> None:
+        backend = self.backend
+        backend.state = FAILED
+        backend.last_error = (
+            f"gave up after {self.failures} consecutive failures (launch.max_restarts is "
+            f"{self.launch.max_restarts}): read the last failure and its output below, fix the cause, "
+            f"then restart the gateway. Last failure: {backend.last_error}")
+        log.error("backend %r: %s", self.name, backend.last_error)
+
     def _mark_ready(self, proc: asyncio.subprocess.Process) -> None:
         backend = self.backend
         backend.state, backend.last_error = READY, None
+        backend.health_failing_since = backend.last_health_error = None  # only this process's checks count
+        backend.breaker.record_success()  # it answered /health: what the previous process tripped is over
         loaded = time.monotonic() - (backend.started_at or time.monotonic())
         log.info("backend %r is ready (pid %d, loaded in %.1f s)", self.name, proc.pid, loaded)
 
@@ -266,6 +322,34 @@ def backoff(failures: int, initial: float, cap: float) -> float:
     return min(initial * 2 ** min(failures - 1, 30), cap)
 
 
+def unhealthy_too_long(failing_since: float | None, now: float, limit: float) -> float | None:
+    """How long health checks have failed without a break, once that is `limit` s or more; else None.
+
+    `limit` 0 turns the rule off: a running process is then only restarted when it exits.
+    """
+    if not limit or failing_since is None:
+        return None
+    failing = now - failing_since
+    return failing if failing >= limit else None
+
+
+def count_failure(failures: int, healthy_for: float | None, cap: float) -> int:
+    """The consecutive-failure count after one more failure.
+
+    A process that served healthily for `cap` s (launch.restart_backoff_max) or longer starts the
+    count again, so the next delay is the initial one. Time spent failing /health does not count
+    as healthy, so a process that becomes ready and then always turns unhealthy still adds up.
+    """
+    if healthy_for is not None and healthy_for >= cap:
+        return 1
+    return failures + 1
+
+
+def gives_up(failures: int, max_restarts: int) -> bool:
+    """True once `failures` in a row exceed `max_restarts` (0: never give up, keep backing off)."""
+    return max_restarts > 0 and failures > max_restarts
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "an unknown status"
@@ -301,4 +385,5 @@ def launched_any(registry: Registry) -> bool:
     return any(b.launched for b in registry.backends.values())
 
 
-__all__ = ["StartFailed", "Supervisor", "Unit", "backoff", "describe_exit", "launched_any"]
+__all__ = ["StartFailed", "Supervisor", "Unit", "backoff", "count_failure", "describe_exit", "gives_up",
+           "launched_any", "unhealthy_too_long"]

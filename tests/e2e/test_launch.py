@@ -183,6 +183,58 @@ def test_an_exception_during_start_up_leaves_no_process() -> None:
     assert registry.backends["chat"].state == "stopped"
 
 
+def test_a_backend_whose_health_keeps_failing_is_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    """vLLM's API server can outlive its engine and answer /health with 503: restart it."""
+    chat = sim_backend("chat", "sim-chat", unhealthy_restart_after=1, restart_backoff_initial=1.0)
+    with running(create_app(gateway_settings(chat, health_check_interval=0.2))) as gw:
+        assert wait_for(lambda: status(gw.url)["chat"]["state"] == "ready", timeout=20)
+        old = status(gw.url)["chat"]["pid"]
+        assert httpx.post(f"{chat['url']}/_sim/health", json={"status": 503}, timeout=5).status_code == 200
+
+        assert wait_for(lambda: status(gw.url)["chat"]["state"] == "restarting", timeout=20)
+        info = status(gw.url)["chat"]
+        assert info["last_error"].startswith("restarted: /health failed for ")
+        assert "(last: health check answered 503); launch.unhealthy_restart_after is 1 s" in info["last_error"]
+        assert wait_for(lambda: not group_alive(old), timeout=10)  # its whole group ended, as on stop
+        assert "GET /health has failed for" in caplog.text and "launch.unhealthy_restart_after" in caplog.text
+
+        assert wait_for(lambda: status(gw.url)["chat"]["state"] == "ready", timeout=20)
+        info = status(gw.url)["chat"]
+        assert info["restarts"] == 1 and info["pid"] != old and info["last_error"] is None
+        assert info["circuit"] == "closed"  # tripped by the failed checks; the new process answered /health
+        assert info["last_exit_code"] == -signal.SIGTERM  # the simulator's uvicorn re-raises SIGTERM
+        assert 'gateway_backend_restarts_total{backend="chat"} 1.0' in httpx.get(f"{gw.url}/metrics").text
+        reply = client(gw.url).chat.completions.create(model="sim-chat", messages=[{"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content
+        new = info["pid"]
+    assert not group_alive(new)
+
+
+def test_a_backend_that_keeps_failing_is_given_up_after_max_restarts() -> None:
+    code = "import sys; print('error: unrecognized arguments: --bad'); sys.exit(3)"
+    broken = {"name": "broken", "url": f"http://127.0.0.1:{free_port()}",
+              "launch": {"model": "m", "command": [PY, "-c", code], "max_restarts": 2, "restart_backoff_initial": 0.1}}
+    with running(create_app(gateway_settings(broken, sim_backend("chat", "sim-chat")))) as gw:
+        assert wait_for(lambda: "gave up" in (status(gw.url)["broken"]["last_error"] or ""), timeout=30)
+        info = status(gw.url)["broken"]
+        assert info["state"] == "failed" and info["restarts"] == 2 and info["pid"] is None
+        assert info["last_exit_code"] == 3
+        message = info["last_error"]
+        assert message.startswith("gave up after 3 consecutive failures (launch.max_restarts is 2)")
+        assert "fix the cause, then restart the gateway" in message
+        assert message.endswith("last output:\nerror: unrecognized arguments: --bad")
+        assert 'gateway_backend_restarts_total{backend="broken"} 2.0' in httpx.get(f"{gw.url}/metrics").text
+        supervisor = gw.app.state.supervisor
+        assert supervisor.tasks[0].done()  # its task has ended: nothing will start it again
+        refused = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "m", "messages": []})
+        assert refused.status_code == 503 and "no longer restarted" in refused.json()["error"]["message"]
+        # The other backend still got its turn to load, and serves.
+        assert wait_for(lambda: status(gw.url)["chat"]["state"] == "ready", timeout=20)
+        reply = client(gw.url).chat.completions.create(model="sim-chat", messages=[{"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content
+    assert gw.app.state.registry.backends["broken"].state == "failed"  # stopping does not hide it
+
+
 # -- the `serve` command as users run it ----------------------------------------------------------
 
 def _config(tmp_path: Path, *backends: dict[str, Any]) -> tuple[Path, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,16 +19,19 @@ from collections.abc import Callable
 from typing import Any
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app import launch
 from app.cli import main as cli_main
 from app.metrics import GatewayMetrics
-from app.registry import FAILED, READY, RESTARTING, STARTING, STOPPED, Registry
+from app.registry import FAILED, READY, RESTARTING, STARTING, STOPPED, UNHEALTHY, Registry
 from app.settings import ConfigError, Settings, load_settings
-from app.supervisor import Supervisor, backoff, describe_exit
+from app.supervisor import Supervisor, backoff, count_failure, describe_exit, gives_up, unhealthy_too_long
+from tests.servers import running, simulator
 
 PY = sys.executable
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def backend(name: str = "b", url: str = "http://127.0.0.1:8010", **launch_fields) -> dict:
@@ -130,6 +134,36 @@ def test_output_relay_splits_a_line_longer_than_its_limit() -> None:
 def test_backoff_doubles_from_the_initial_delay_and_is_capped() -> None:
     assert [backoff(n, 1.0, 60.0) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
     assert backoff(1000, 0.5, 5.0) == 5.0
+
+
+def test_unhealthy_restart_counts_from_the_first_failed_check_and_0_turns_it_off() -> None:
+    assert unhealthy_too_long(None, 1000.0, 60) is None            # healthy
+    assert unhealthy_too_long(950.0, 1000.0, 60) is None           # failing for 50 s of 60
+    assert unhealthy_too_long(938.0, 1000.0, 60) == 62.0
+    assert unhealthy_too_long(0.0, 1000.0, 0) is None              # 0: never restart for /health
+
+
+def test_consecutive_failures_restart_after_a_long_healthy_run_and_the_cap_gives_up() -> None:
+    assert count_failure(0, None, 60) == 1                          # failed while loading
+    assert count_failure(4, None, 60) == 5
+    assert count_failure(4, 59.9, 60) == 5                          # not healthy long enough
+    assert count_failure(4, 60.0, 60) == 1                          # ran healthily for the cap: start over
+    assert [gives_up(n, 2) for n in (1, 2, 3)] == [False, False, True]
+    assert not gives_up(10_000, 0)                                  # 0: never give up
+
+
+def test_supervision_keys_have_defaults_and_errors_name_them(tmp_path: Path) -> None:
+    assert (config_of().launch.unhealthy_restart_after, config_of().launch.max_restarts) == (60.0, 0)
+    path = tmp_path / "gateway.yaml"
+    path.write_text("backends:\n  - {name: b, url: 'http://127.0.0.1:8010', launch: "
+                    "{model: m, unhealthy_restart_after: -1, max_restarts: 1.5}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert "backends[0].launch.unhealthy_restart_after: Input should be greater than or equal to 0" in str(caught.value)
+    assert "backends[0].launch.max_restarts: Input should be a valid integer" in str(caught.value)
+    path.write_text("backends:\n  - {name: b, url: 'http://127.0.0.1:8010', launch: {model: m, max_restarts: -1}}\n")
+    with pytest.raises(ConfigError, match=r"backends\[0\]\.launch\.max_restarts: Input should be greater"):
+        load_settings(path)
 
 
 def test_exit_descriptions_name_signals() -> None:
@@ -386,3 +420,83 @@ def test_check_config_shows_the_exact_command_and_the_memory_warning(tmp_path: P
             "Qwen/Qwen3Guard-Gen-8B --gpu-memory-utilization 0.55 --max-num-seqs 64 (gpu_memory_utilization 0.55)") in out
     assert "GPU memory: 0.85 of budget 0.9" in out
     assert "warning: gpu: 2 co-located vLLM instances use 0.85 of GPU memory" in out
+
+
+# -- giving up, and restarting a process whose /health keeps failing ---------------------------------
+
+def test_max_restarts_gives_up_leaving_the_backend_failed_with_what_to_do() -> None:
+    code = "import sys; print('unknown flag --bad'); sys.exit(3)"
+    registry, metrics, _ = supervise(
+        [backend(url=f"http://127.0.0.1:{free_port()}", command=[PY, "-c", code], restart_backoff_initial=0.01,
+                 max_restarts=2)],
+        lambda r, m: "gave up" in (r.backends["b"].last_error or ""))
+    b = registry.backends["b"]
+    assert b.state == FAILED  # still after stop: the task had ended by itself
+    assert b.restarts == 2 and _restarts(metrics, "b") == 2
+    assert b.last_error.startswith("gave up after 3 consecutive failures (launch.max_restarts is 2)")
+    assert "fix the cause, then restart the gateway" in b.last_error
+    assert re.search(r"Last failure: exited with exit code 3 while loading \(pid \d+\); last output:\n"
+                     r"unknown flag --bad$", b.last_error)
+    assert b.pid is None and b.last_exit_code == 3
+
+
+def _sim_command() -> dict:
+    return {"command": [PY, "-m", "app", "simulate", "--model", "{model}"], "env": {"PYTHONPATH": ROOT}}
+
+
+def test_a_ready_process_whose_health_checks_keep_failing_is_ended_and_restarted() -> None:
+    seen: dict[str, Any] = {}
+
+    async def break_health(registry: Registry) -> None:
+        b = registry.backends["b"]
+        seen["pid"] = b.pid
+        async with httpx.AsyncClient(trust_env=False) as client:
+            answer = await client.post(f"{b.upstreams[0].url}/_sim/health", json={"status": 503}, timeout=5)
+            assert answer.status_code == 200
+        assert await registry.check_health(b) is False  # what the health monitor does
+        assert b.state == UNHEALTHY and b.health_failing_since is not None
+        b.answered()  # a proxied response in between does not make /health count as healthy
+        assert b.state == READY and b.health_failing_since is not None
+        deadline = time.monotonic() + 10
+        while b.state != RESTARTING:
+            assert time.monotonic() < deadline, _states(registry)
+            await asyncio.sleep(0.02)
+        seen["error"] = b.last_error
+        while b.pid is not None or launch.group_alive(seen["pid"]):  # ended before the backoff wait
+            assert time.monotonic() < deadline, _states(registry)
+            await asyncio.sleep(0.02)
+
+    registry, metrics, output = supervise(
+        [backend(url=f"http://127.0.0.1:{free_port()}", unhealthy_restart_after=0.3, restart_backoff_initial=30,
+                 **_sim_command())],
+        lambda r, m: r.backends["b"].state == READY, timeout=30, after=break_health)
+    assert re.match(r"restarted: /health failed for [\d.]+ s \(last: health check answered 503\); "
+                    r"launch.unhealthy_restart_after is 0.3 s; last output:\n", seen["error"])
+    assert "simulated vLLM server" in seen["error"]  # the process's last output comes with it
+    assert not launch.group_alive(seen["pid"])
+    assert registry.backends["b"].restarts == 0  # still in its 30 s backoff when stopped
+
+
+def test_health_checks_alone_decide_since_when_a_backend_fails() -> None:
+    sim = simulator(["m"])
+
+    async def scenario(url: str) -> None:
+        registry = Registry(Settings(backends=[{"name": "x", "url": url}]))
+        b = registry.backends["x"]
+        try:
+            assert await registry.check_health(b) and b.health_failing_since is None
+            sim.state.health_status = 500
+            assert not await registry.check_health(b)
+            since = b.health_failing_since
+            assert since is not None and b.last_health_error == "health check answered 500"
+            sim.state.health_status = 503
+            assert not await registry.check_health(b)
+            assert b.health_failing_since == since and b.last_health_error == "health check answered 503"
+            sim.state.health_status = 200
+            assert await registry.check_health(b)
+            assert b.health_failing_since is None and b.last_health_error is None
+        finally:
+            await registry.aclose()
+
+    with running(sim) as server:
+        asyncio.run(scenario(server.url))
