@@ -46,6 +46,7 @@ _HOP_BY_HOP = frozenset({
     b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length", b"expect",
 })
 _NOT_FORWARDED_UP = _HOP_BY_HOP | {b"authorization", b"x-request-id", b"x-api-key", b"cookie"}
+_PLAIN_CONNECTION = frozenset({b"close", b"keep-alive"})  # name no header: nothing more to drop
 _NOT_RELAYED_DOWN = _HOP_BY_HOP | {b"date", b"server", b"x-request-id"}
 _EVENT_STREAM = b"text/event-stream"
 _JSON = b"application/json"
@@ -305,7 +306,8 @@ class Exchange:
     def _upstream_headers(self, upstream: Upstream) -> list[tuple[bytes, bytes]]:
         drop = _NOT_FORWARDED_UP
         connection = bodies.header(self.headers, b"connection")
-        if connection:
+        if connection and connection.lower() not in _PLAIN_CONNECTION:
+            # Headers the client named as hop-by-hop go no further (RFC 9110 7.6.1).
             drop = drop | {token.strip().lower() for token in connection.split(b",")}
         forwarded = [(k, v) for k, v in self.headers if k not in drop]
         defaults = upstream.default_headers
