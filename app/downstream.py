@@ -10,8 +10,11 @@ to it itself, because going through ASGI there costs a system call or a task wak
 
 `GatewayHttpToolsProtocol` is uvicorn's httptools protocol with both: its transport holds heads,
 and each request's scope carries its response cycle under `PIPE_SCOPE_KEY`, from which
-`open_pipe` makes a `ChunkPipe` once a chunked response is under way. Under any other protocol
-(h11, tests' ASGI transports) the key is absent and the proxy relays through ASGI as usual.
+`open_pipe` makes a `ChunkPipe` once a chunked response is under way. It also serves plain POSTs
+to model routes with `app.lean_cycle.LeanCycle` instead of uvicorn's request cycle, and reports a
+client that leaves through `on_client_lost` (no task per request watching `receive()`). Under any
+other protocol (h11, tests' ASGI transports) the key is absent and the proxy relays through ASGI
+as usual.
 """
 
 from __future__ import annotations
@@ -136,9 +139,10 @@ def _address(info: Any) -> tuple[str, int] | None:
 
 if HttpToolsProtocol is not None:
     class GatewayHttpToolsProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol over `_HeadHoldingTransport`, with each request's response
-        cycle in its scope for `open_pipe` (module level: several workers are spawned processes,
-        which receive the configuration pickled)."""
+        """uvicorn's httptools protocol over `_HeadHoldingTransport`: plain POSTs to the app's
+        model routes served by a `LeanCycle`, everything else by uvicorn's own cycle, each
+        request's cycle in its scope for `open_pipe` and `on_client_lost` (module level: several
+        workers are spawned processes, which receive the configuration pickled)."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             """uvicorn's, but with the addresses from the transport's own extra info: uvicorn asks
