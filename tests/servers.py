@@ -39,10 +39,10 @@ class Running:
 
 
 @contextlib.contextmanager
-def running(app: Any, port: int = 0, graceful: float | None = 5) -> Iterator[Running]:
+def running(app: Any, port: int = 0, graceful: float | None = 5, access_log: bool = False) -> Iterator[Running]:
     sock = bind("127.0.0.1", port)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    uv = server(app, graceful=graceful)
+    uv = server(app, graceful=graceful, access_log=access_log)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(uv.serve(sockets=[sock]),), daemon=True)
     thread.start()

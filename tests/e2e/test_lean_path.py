@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.servers import CHAT, EMBEDDING, gateway, running, simulator
+from app.gateway import create_app
+from tests.servers import CHAT, EMBEDDING, gateway, gateway_settings, running, simulator, wait_for
 
 EMBED = b'{"model":"sim-embed","input":"hello"}'
 CHAT_STREAM = b'{"model":"sim-chat","stream":true,"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
@@ -165,3 +166,23 @@ def test_a_client_reading_slowly_gets_a_long_stream_whole(gw):
     events = [e for e in received.split(b"\n\n") if e.startswith(b"data: {")]
     assert len(events) >= 6000  # every token, in order, none torn
     assert all(json.loads(e[6:])["object"] == "chat.completion.chunk" for e in events)
+
+
+def test_with_the_access_log_on_uvicorns_own_cycle_serves_model_routes_streams_included():
+    """The access log is uvicorn's cycle's to write: the lean cycle steps aside, the pipe still works."""
+    with running(simulator(["sim-chat"], CHAT, token_delay=0.01)) as chat, running(
+            create_app(gateway_settings({"name": "chat", "url": chat.url})), access_log=True) as gw:
+        with connect(gw) as sock:
+            reader = Reader(sock)
+            for _ in range(2):
+                sock.sendall(post("/v1/chat/completions", CHAT_STREAM))
+                status, headers, body = reader.response()
+                assert status == 200 and headers["transfer-encoding"] == "chunked"
+                assert body.endswith(b"data: [DONE]\n\n") and body.count(b"data: ") >= 6
+        long = json.dumps({"model": "sim-chat", "stream": True, "max_tokens": 400,
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+        with connect(gw) as sock:
+            sock.sendall(post("/v1/chat/completions", long))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        # The client left mid-stream: the generation upstream is aborted.
+        assert wait_for(lambda: chat.app.state.disconnects == 1 and chat.app.state.running == 0, timeout=10)
