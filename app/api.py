@@ -8,11 +8,12 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from app import __version__
 from app.errors import GatewayError, error_body
 from app.proxy import Proxy
+from app.realtime import PATH as REALTIME_PATH, RealtimeEndpoint
 
 # Every vLLM route whose JSON body carries `model` (vLLM reference, section 1.2).
 JSON_MODEL_ROUTES = (
@@ -100,6 +101,7 @@ def add_routes(app: FastAPI, proxy: Proxy) -> dict[str, ModelEndpoint]:
                                    methods=["GET"]))
     app.router.routes.append(Route("/v1/responses/{response_id}/cancel", StoredResponseEndpoint(proxy, "cancel"),
                                    methods=["POST"]))
+    app.router.routes.append(WebSocketRoute(REALTIME_PATH, RealtimeEndpoint(proxy)))  # app.realtime
 
     @app.get("/v1/models", include_in_schema=True, summary="Every model of every backend, aliases included")
     async def list_models(request: Request) -> Response:

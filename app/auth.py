@@ -1,4 +1,5 @@
-"""Gateway API keys: an ASGI middleware in front of every model route and /v1/*.
+"""Gateway API keys: an ASGI middleware in front of every model route and /v1/*, HTTP and
+WebSocket (`/v1/realtime`) alike.
 
 Keys are compared in constant time against every configured key (no early exit that would tell
 an attacker how many keys or characters matched). `/health` and `/ready` stay open; `/metrics`
@@ -27,7 +28,8 @@ class ApiKeyMiddleware:
         self._metrics_key = _digest(metrics_key) if metrics_key else None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS":
+        kind = scope["type"]
+        if (kind != "http" and kind != "websocket") or scope.get("method") == "OPTIONS":
             await self.app(scope, receive, send)
             return
         path = scope["path"]
@@ -46,7 +48,24 @@ class ApiKeyMiddleware:
             "missing or wrong API key: send it as `Authorization: Bearer <key>` (the OpenAI SDK's api_key)",
             headers={"WWW-Authenticate": "Bearer"},
         )
+        if kind == "websocket":
+            await _refuse_websocket(scope, send, error)
+            return
         await send_error(send, error)
+
+
+async def _refuse_websocket(scope: dict, send: Any, error: Unauthorized) -> None:
+    """Refuse a WebSocket handshake as vLLM does: a 401 with the error body where the server can
+    answer the handshake with an HTTP response (uvicorn can), else a close before accepting,
+    which the server turns into a 403."""
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        payload = error.body()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                   (b"www-authenticate", b"Bearer")]
+        await send({"type": "websocket.http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": payload})
+        return
+    await send({"type": "websocket.close", "code": 1008})
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:

@@ -8,11 +8,13 @@ failures: hang_head, hang_stream, close_mid_stream, garbage_json, status_503, st
 test can prove that N requests really were in flight at once. `POST /_sim/health` with
 `{"status": 503}` makes `/health` (and `/ping`) answer that status from then on while everything
 else keeps working: vLLM's API server outliving a dead engine; `{"status": 200}` heals it.
+Chat simulators also serve vLLM's realtime transcription WebSocket, `/v1/realtime` (`_realtime`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import time
 import uuid
@@ -64,6 +66,7 @@ class SimulatorState:
         self.health_status = 200  # what GET /health answers; set by POST /_sim/health
         self.paths: collections.Counter[str] = collections.Counter()  # every path asked for, 404s included
         self.release = asyncio.Event()  # the generations parked by `x-sim-fault: hold` wait on it
+        self.realtime: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)  # `/v1/realtime` sessions
 
     def saw(self, path: str) -> None:
         if path in self.paths or len(self.paths) < 1000:  # bounded: a fuzzer must not grow it forever
@@ -93,7 +96,7 @@ class SimulatorState:
     def stats(self) -> dict[str, Any]:
         return {"received": self.received, "running": self.running, "completed": self.completed,
                 "disconnects": self.disconnects, "peak_running": self.peak_running, "held": self.held,
-                "paths": dict(self.paths), "requests": list(self.requests)}
+                "paths": dict(self.paths), "requests": list(self.requests), "realtime": list(self.realtime)}
 
 
 class _Metrics:
@@ -161,6 +164,9 @@ class Simulator:
                 await send({"type": message["type"] + ".complete"})
                 if message["type"] == "lifespan.shutdown":
                     return
+        if scope["type"] == "websocket":
+            await self._realtime(scope, receive, send)
+            return
         if scope["type"] != "http":
             return
         self.state.saw(scope["path"])
@@ -500,6 +506,109 @@ class Simulator:
             await _send(send, 404, shapes.error(f"The model `{model}` does not exist.", "NotFoundError", 404, "model"))
             return
         await _send(send, 200, orjson.dumps({"text": f"transcribed {len(body)} bytes", "usage": {"type": "duration", "seconds": 1}}))
+
+    # -- realtime transcription (WebSocket) --------------------------------------------------------
+    async def _realtime(self, scope, receive, send) -> None:
+        """`/v1/realtime` as vLLM's `RealtimeConnection` serves it: `session.created` on connect; a
+        `session.update` must name a served model before `input_audio_buffer.commit`, else an error
+        event (`{"type": "error", "error": "<message>", "code": ...}`, vLLM's shape); a commit starts
+        a transcription that answers a `transcription.delta` per audio chunk appended, and a commit
+        with `"final": true` ends it with `transcription.done`. vLLM sends no `session.updated`.
+        Each session is recorded in `state.realtime` (handshake headers, event types, model, audio
+        and binary bytes, who closed it and with what code). Test hook, like `x-sim-fault`: the event
+        `{"type": "_sim.close", "code": N, "reason": "..."}` makes the server close with that code."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        self.state.saw(scope["path"])
+        if scope["path"] != "/v1/realtime" or self.config.kind != CHAT:
+            await send({"type": "websocket.close", "code": 1000})  # no such route: a 403 handshake
+            return
+        if self.config.api_key and _header(scope, b"authorization") != f"Bearer {self.config.api_key}".encode():
+            await send({"type": "websocket.http.response.start", "status": 401,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "websocket.http.response.body", "body": b'{"error":"Unauthorized"}'})
+            return
+        session: dict[str, Any] = {
+            "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+            "events": [], "model": None, "audio_bytes": 0, "binary_bytes": 0, "transcriptions": 0,
+            "open": True, "closed_by": None, "close_code": None,
+        }
+        self.state.realtime.append(session)
+        await send({"type": "websocket.accept"})
+
+        async def event(payload: dict[str, Any]) -> None:
+            await send({"type": "websocket.send", "text": orjson.dumps(payload).decode()})
+
+        async def error(message: str, code: str) -> None:
+            await event({"type": "error", "error": message, "code": code})
+
+        await event({"type": "session.created", "id": f"sess-{uuid.uuid4().hex}", "created": int(time.time())})
+        generating, heard, deltas = False, 0, []
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    session["closed_by"], session["close_code"] = "client", message.get("code")
+                    return
+                if message.get("text") is None:
+                    session["binary_bytes"] += len(message.get("bytes") or b"")
+                    await error("binary frames are not supported: send JSON text events", "invalid_event")
+                    continue
+                try:
+                    data = orjson.loads(message["text"])
+                    kind = data.get("type")
+                except (orjson.JSONDecodeError, AttributeError):
+                    await error("Invalid JSON", "invalid_json")
+                    continue
+                if len(session["events"]) < 1000:
+                    session["events"].append(kind)
+                if kind == "session.update":
+                    model = data.get("model")
+                    if model is None:
+                        await error("Missing required field: model", "invalid_event")
+                    elif model not in self.config.models:
+                        await error(f"The model `{model}` does not exist.", "model_not_found")
+                    else:
+                        session["model"] = model
+                elif kind == "input_audio_buffer.append":
+                    try:
+                        audio = base64.b64decode(data.get("audio") or "", validate=True)
+                    except (ValueError, TypeError):
+                        audio = b""
+                    if not audio:
+                        await error("Invalid audio data", "invalid_audio")
+                        continue
+                    session["audio_bytes"] += len(audio)
+                    heard += len(audio)
+                    if generating:
+                        deltas.append(f" [{len(audio)} bytes]")
+                        await event({"type": "transcription.delta", "delta": deltas[-1]})
+                elif kind == "input_audio_buffer.commit":
+                    if session["model"] is None:
+                        await error("Model not validated. Make sure to validate the model by sending a "
+                                    "session.update event.", "model_not_validated")
+                    elif data.get("final"):
+                        if generating:
+                            text = "".join(deltas)
+                            usage = {"prompt_tokens": heard // 320, "completion_tokens": len(deltas),
+                                     "total_tokens": heard // 320 + len(deltas)}
+                            await event({"type": "transcription.done", "text": text, "usage": usage})
+                            session["transcriptions"] += 1
+                        generating, heard, deltas = False, 0, []
+                    elif not generating:
+                        generating = True
+                        if heard:
+                            deltas.append(f" [{heard} bytes]")
+                            await event({"type": "transcription.delta", "delta": deltas[-1]})
+                elif kind == "_sim.close":
+                    session["closed_by"], session["close_code"] = "server", data.get("code", 1000)
+                    await send({"type": "websocket.close", "code": session["close_code"],
+                                "reason": str(data.get("reason") or "")})
+                    return
+                else:
+                    await error(f"Unknown event type: {kind}", "unknown_event")
+        finally:
+            session["open"] = False
 
     # -- lifecycle of one generation, as vLLM runs it ----------------------------------------------
     async def _run_with_cancellation(self, receive, send, work) -> None:
