@@ -384,18 +384,27 @@ class Exchange:
         if response_id is not None and RESPONSE_ID.match(response_id):
             self.proxy.affinity.remember(response_id, Holder(self.backend.name, self.upstream.url, self.stored_as))
 
-    def _through_pipe(self, chunk: bytes) -> bool:
-        """One chunk through the pipe (`Reply.pipe`): the stream loop's work, without its task."""
+    def _relayed(self, chunk: bytes) -> None:
+        """After each stream chunk reaches the client: the end seen, and the next gap allowed."""
         if chunk.endswith(_DONE):
             self.delivered = True
+        self._allow_gap()
+
+    def _allow_gap(self) -> None:
+        """The gap allowed before the next stream chunk, the client's send included; moving the
+        deadline later is a store (app.deadline), not a timer per chunk."""
         when = self.loop.time() + self.backend.timeouts.stream_idle
         total = self.total_deadline
         self.watchdog.move(when if total is None or when < total else total)
-        return self.pipe_chunk(chunk)
+
+    def _through_pipe(self, chunk: bytes) -> bool:
+        """One chunk through the pipe (`Reply.pipe`): the stream loop's work, without its task."""
+        keep_piping = self.pipe_chunk(chunk)
+        self._relayed(chunk)
+        return keep_piping
 
     async def _relay_stream(self, reply: Any, headers: list) -> None:
         backend, send, watchdog, loop = self.backend, self.send, self.watchdog, self.loop
-        idle = backend.timeouts.stream_idle
         total = self.total_deadline
         self.response_started = True
         self.streaming = True
@@ -404,10 +413,7 @@ class Exchange:
         next_chunk = reply.next_chunk
         failure: GatewayError | None = None
         try:
-            # The gap allowed before each chunk, the client's send included; moving the deadline
-            # later is a store (app.deadline), not a timer per chunk.
-            when = loop.time() + idle
-            watchdog.move(when if total is None or when < total else total)
+            self._allow_gap()
             chunk = await next_chunk()
             if chunk is not None:
                 self.recorder.ttfb.observe(time.perf_counter() - self.started)
@@ -416,10 +422,7 @@ class Exchange:
             pipe_tried = type(reply) is not Reply  # only the direct door's reply can feed a pipe
             while chunk is not None:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if chunk.endswith(_DONE):
-                    self.delivered = True
-                when = loop.time() + idle
-                watchdog.move(when if total is None or when < total else total)
+                self._relayed(chunk)
                 if not pipe_tried:
                     # From here on, chunks go from the backend's socket to the client's in the
                     # backend connection's callback; this task wakes at the end (or when the
@@ -459,10 +462,10 @@ def refusal(backend: Backend) -> ServiceUnavailable | None:
 
 
 def unavailable(backend: Backend, what: str | None = None, retry_after_s: float | None = None) -> ServiceUnavailable:
-    if what is None and backend.launched and (backend.last_error or "").startswith("gave up"):
+    if what is None and backend.given_up:
         return ServiceUnavailable(
-            f"backend {backend.name!r} failed too many times in a row and is no longer restarted "
-            f"(launch.max_restarts); GET /status shows why; it serves again once the gateway is restarted",
+            f"backend {backend.name!r} failed and is no longer restarted; GET /status shows why; "
+            f"it serves again once the cause is fixed and the gateway restarted",
             headers={"Retry-After": "60"})
     retry_after = max(1, round(retry_after_s if retry_after_s is not None else backend_retry_hint(backend)))
     detail = what or f"is {backend.state}"

@@ -80,6 +80,7 @@ class Backend:
     # GET /health has failed, and how the last one failed. The supervisor restarts on these.
     health_failing_since: float | None = None
     last_health_error: str | None = None
+    given_up: bool = False  # launched, failed, and not restarted again (app.supervisor)
 
     @property
     def name(self) -> str:

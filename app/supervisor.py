@@ -100,7 +100,7 @@ class Unit:
     # -- the owning task ---------------------------------------------------------------------
     async def run(self) -> None:
         backend = self.backend
-        first, gave_up = True, False
+        first = True
         proc = relay = exited = None
         try:
             while True:
@@ -132,7 +132,7 @@ class Unit:
                     backend.last_error = str(failure)
                     log.error("backend %r failed to start: %s", self.name, failure)
                     if failure.permanent:
-                        gave_up = True
+                        backend.given_up = True
                         return
                 await self._end(proc, relay, exited)
                 if ready_at is None:
@@ -142,7 +142,6 @@ class Unit:
                 self.failures = count_failure(self.failures, healthy_for, self.launch.restart_backoff_max)
                 if gives_up(self.failures, self.launch.max_restarts):
                     self._give_up()
-                    gave_up = True
                     return
                 delay = backoff(self.failures, self.launch.restart_backoff_initial, self.launch.restart_backoff_max)
                 log.warning("backend %r: restarting in %.1f s", self.name, delay)
@@ -153,7 +152,7 @@ class Unit:
         finally:
             # Stopped (cancelled), given up, or a bug: the process group must not outlive this task.
             await self._end(proc, relay, exited)
-            if not gave_up:
+            if not backend.given_up:
                 backend.state = STOPPED
 
     # -- steps -------------------------------------------------------------------------------
@@ -273,7 +272,7 @@ class Unit:
 
     def _give_up(self) -> None:
         backend = self.backend
-        backend.state = FAILED
+        backend.state, backend.given_up = FAILED, True
         backend.last_error = (
             f"gave up after {self.failures} consecutive failures (launch.max_restarts is "
             f"{self.launch.max_restarts}): read the last failure and its output below, fix the cause, "
