@@ -108,13 +108,10 @@ def open_pipe(scope: dict) -> ChunkPipe | None:
     cycle = scope.get(PIPE_SCOPE_KEY)
     if cycle is None or cycle.chunked_encoding is not True or cycle.disconnected or cycle.response_complete:
         return None
-    if type(cycle) is LeanCycle:
-        transport = cycle.pipe_transport()
-    else:
-        transport = cycle.transport
-        if type(transport) is _HeadHoldingTransport:
-            transport.flush()  # a held head goes first
-            transport = transport.raw
+    transport = cycle.transport
+    if type(transport) is _HeadHoldingTransport:
+        transport.flush()  # a held head goes first
+        transport = transport.raw
     if cycle.flow.write_paused or transport.is_closing():
         return None
     return ChunkPipe(transport, cycle.flow)
@@ -183,7 +180,7 @@ if HttpToolsProtocol is not None:
             scope["path"] = path
             scope["raw_path"] = raw_path
             scope["query_string"] = parsed.query or b""
-            cycle = self.cycle = LeanCycle(scope, self.transport.raw, self.flow, self.loop,
+            cycle = self.cycle = LeanCycle(scope, self.transport, self.flow, self.loop,
                                            self.server_state.default_headers, parser.should_keep_alive(),
                                            self.on_response_complete, self.logger)
             scope[PIPE_SCOPE_KEY] = cycle

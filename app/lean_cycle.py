@@ -5,8 +5,9 @@ Under a burst of new streams the gateway's core is busy with each one's set-up, 
 microsecond there delays every stream behind it (measured: 50 µs more per stream moved the
 512-stream first-byte p99 by 22 ms). uvicorn's cycle spends ~45 µs per request on work a
 forwarded request does not need: an `asyncio.Event`, a regular-expression check of every response
-header, a head written apart from its body, the app's own dispatch. This cycle keeps what a
-client can see the same: the ASGI `receive`/`send` contract, uvicorn's default headers (`date`),
+header, the app's own dispatch. This cycle keeps what a client can see the same: the ASGI
+`receive`/`send` contract, uvicorn's default headers (`date`), a head sent with its first body
+bytes (the protocol's transport holds it, as for uvicorn's cycle),
 `connection: close` and keep-alive, chunked or length-framed bodies, flow control, the protocol's
 disconnect, shutdown and pipelining handling (through the attributes that protocol reads), and
 a plain 500 if the endpoint fails before answering.
@@ -46,7 +47,7 @@ class _Signal:
 class LeanCycle:
     __slots__ = ("scope", "transport", "flow", "loop", "default_headers", "on_response", "logger", "message_event",
                  "disconnected", "keep_alive", "body", "more_body", "body_ended", "response_started",
-                 "response_complete", "chunked_encoding", "expected_content_length", "head",
+                 "response_complete", "chunked_encoding", "expected_content_length",
                  "vllm_gateway_on_client_lost")
 
     def __init__(self, scope: dict, transport: asyncio.Transport, flow: Any, loop: asyncio.AbstractEventLoop,
@@ -63,7 +64,6 @@ class LeanCycle:
         self.response_complete = False
         self.chunked_encoding: bool | None = None
         self.expected_content_length = 0
-        self.head: bytes | None = None  # the response head, written with the first body bytes
         self.vllm_gateway_on_client_lost: Callable[[], None] | None = None
 
     async def run(self, endpoint: Any) -> None:
@@ -133,11 +133,7 @@ class LeanCycle:
             if self.expected_content_length < 0:
                 raise RuntimeError("Response content longer than Content-Length")
             data = body
-        head = self.head
-        if head is not None:
-            self.head = None
-            data = head + data
-        if data:
+        if data or not more_body:  # an empty last write still sends a held head at once
             self.transport.write(data)
         if not more_body:
             if self.expected_content_length != 0:
@@ -173,16 +169,4 @@ class LeanCycle:
             self.chunked_encoding = True
             parts.append(b"transfer-encoding: chunked\r\n")
         parts.append(b"\r\n")
-        self.head = b"".join(parts)
-        self.loop.call_soon(self._flush_head)  # with the first body bytes if they come this iteration
-
-    def _flush_head(self) -> None:
-        head = self.head
-        if head is not None and not self.transport.is_closing():
-            self.head = None
-            self.transport.write(head)
-
-    # -- the pipe (app.downstream.open_pipe) -------------------------------------------------
-    def pipe_transport(self) -> asyncio.Transport:
-        self._flush_head()
-        return self.transport
+        self.transport.write(b"".join(parts))  # held by the protocol's transport until the first body bytes

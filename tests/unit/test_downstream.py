@@ -122,7 +122,9 @@ def test_open_pipe_needs_the_gateway_protocol_and_a_chunked_response_under_way()
 def test_open_pipe_on_a_lean_cycle_flushes_its_held_head() -> None:
     async def scenario() -> None:
         real = FakeTransport()
-        cycle = LeanCycle({}, real, FlowControl(real), asyncio.get_running_loop(), [], True, lambda: None, None)
+        loop = asyncio.get_running_loop()
+        cycle = LeanCycle({}, downstream._HeadHoldingTransport(real, loop), FlowControl(real), loop, [], True,
+                          lambda: None, None)
         await cycle.send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         assert real.writes == []
         pipe = downstream.open_pipe({downstream.PIPE_SCOPE_KEY: cycle})

@@ -9,6 +9,7 @@ import logging
 import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
 
+from app.downstream import _HeadHoldingTransport
 from app.lean_cycle import LeanCycle
 
 DATE = [(b"date", b"Sun, 22 Nov 2026 20:00:00 GMT")]
@@ -38,7 +39,9 @@ class Recorder:
 def _cycle(keep_alive: bool = True) -> tuple[LeanCycle, Recorder, list[int]]:
     transport = Recorder()
     responses: list[int] = []
-    cycle = LeanCycle({"method": "POST"}, transport, FlowControl(transport), asyncio.get_running_loop(), DATE,
+    loop = asyncio.get_running_loop()
+    # Under the gateway's protocol the cycle writes through its head-holding transport.
+    cycle = LeanCycle({"method": "POST"}, _HeadHoldingTransport(transport, loop), FlowControl(transport), loop, DATE,
                       keep_alive, lambda: responses.append(1), logging.getLogger("test"))
     return cycle, transport, responses
 
