@@ -34,7 +34,7 @@ from app.errors import (
     sse_error_event,
 )
 from app.registry import Backend, Upstream
-from app.downstream import on_client_lost, open_pipe
+from app.downstream import forget_client_lost, on_client_lost, open_pipe
 from app.transport import LeanTransport, Reply
 
 if TYPE_CHECKING:
@@ -167,6 +167,8 @@ class Exchange:
             self.finished = True
             if watcher is not None:
                 watcher.cancel()
+            else:
+                forget_client_lost(self.scope)
             recorder.in_flight.dec()
             if self.status:
                 recorder.count(self.status)

@@ -48,7 +48,7 @@ class LeanCycle:
     __slots__ = ("scope", "transport", "flow", "loop", "default_headers", "on_response", "logger", "message_event",
                  "disconnected", "keep_alive", "body", "more_body", "body_ended", "response_started",
                  "response_complete", "chunked_encoding", "expected_content_length",
-                 "vllm_gateway_on_client_lost")
+                 "vllm_gateway_on_client_lost", "__weakref__")
 
     def __init__(self, scope: dict, transport: asyncio.Transport, flow: Any, loop: asyncio.AbstractEventLoop,
                  default_headers: list[tuple[bytes, bytes]], keep_alive: bool, on_response: Callable[[], None],

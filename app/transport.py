@@ -95,6 +95,7 @@ class Reply(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.dead = True
+        self.parser = None  # it holds this object (callbacks): no reference cycle left for the collector
         if not self.busy or self.complete:
             return
         if self.status and not self._framed():

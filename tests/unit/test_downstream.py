@@ -4,6 +4,7 @@ stream chunks piped straight to the client's socket, and the client's leaving re
 from __future__ import annotations
 
 import asyncio
+import weakref
 from types import SimpleNamespace
 
 from uvicorn.protocols.http.flow_control import FlowControl
@@ -97,10 +98,20 @@ def test_a_pipe_writes_chunks_in_chunked_framing_until_the_client_falls_behind()
     assert pipe.push(b"data: 3\n\n") is False and len(real.writes) == 2  # gone: nothing written
 
 
+class _Cycle(SimpleNamespace):
+    """A stand-in for uvicorn's response cycle (which, like this, can be weakly referenced)."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _scope(cycle) -> dict:
+    return {downstream.PIPE_SCOPE_KEY: weakref.ref(cycle)}  # as the gateway's protocol puts it
+
+
 def _uvicorn_cycle(transport, chunked=True, **state):
     fields = {"chunked_encoding": chunked, "disconnected": False, "response_complete": False,
               "transport": transport, "flow": FlowControl(transport), **state}
-    return SimpleNamespace(**fields)
+    return _Cycle(**fields)
 
 
 def test_open_pipe_needs_the_gateway_protocol_and_a_chunked_response_under_way() -> None:
@@ -108,14 +119,14 @@ def test_open_pipe_needs_the_gateway_protocol_and_a_chunked_response_under_way()
     assert downstream.open_pipe({}) is None  # another server: relay through ASGI
     for unfit in (_uvicorn_cycle(holding, chunked=None), _uvicorn_cycle(holding, chunked=False),
                   _uvicorn_cycle(holding, disconnected=True), _uvicorn_cycle(holding, response_complete=True)):
-        assert downstream.open_pipe({downstream.PIPE_SCOPE_KEY: unfit}) is None
+        assert downstream.open_pipe(_scope(unfit)) is None
     cycle = _uvicorn_cycle(holding)
     holding.write(HEAD)  # a head still held goes out before the first piped chunk
-    pipe = downstream.open_pipe({downstream.PIPE_SCOPE_KEY: cycle})
+    pipe = downstream.open_pipe(_scope(cycle))
     pipe.push(b"x")
     assert real.writes == [HEAD, b"1\r\nx\r\n"]
     cycle.flow.pause_writing()
-    assert downstream.open_pipe({downstream.PIPE_SCOPE_KEY: cycle}) is None  # a slow client: not now
+    assert downstream.open_pipe(_scope(cycle)) is None  # a slow client: not now
     loop.close()
 
 
@@ -127,7 +138,7 @@ def test_open_pipe_on_a_lean_cycle_flushes_its_held_head() -> None:
                           lambda: None, None)
         await cycle.send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         assert real.writes == []
-        pipe = downstream.open_pipe({downstream.PIPE_SCOPE_KEY: cycle})
+        pipe = downstream.open_pipe(_scope(cycle))
         pipe.push(b"x")
         assert real.writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and real.writes[1] == b"1\r\nx\r\n"
 
@@ -137,9 +148,13 @@ def test_open_pipe_on_a_lean_cycle_flushes_its_held_head() -> None:
 def test_on_client_lost_registers_only_where_the_server_can_call_back() -> None:
     calls = []
     assert downstream.on_client_lost({}, lambda: calls.append(1)) is False
-    gone = SimpleNamespace(disconnected=True)
-    assert downstream.on_client_lost({downstream.PIPE_SCOPE_KEY: gone}, lambda: calls.append(1)) is False
-    cycle = SimpleNamespace(disconnected=False)
-    assert downstream.on_client_lost({downstream.PIPE_SCOPE_KEY: cycle}, lambda: calls.append(1)) is True
+    gone = _Cycle(disconnected=True)
+    assert downstream.on_client_lost(_scope(gone), lambda: calls.append(1)) is False
+    cycle = _Cycle(disconnected=False)
+    scope = _scope(cycle)
+    assert downstream.on_client_lost(scope, lambda: calls.append(1)) is True
     getattr(cycle, downstream._ON_LOST)()
     assert calls == [1]
+    downstream.forget_client_lost(scope)  # the caller is done: the cycle no longer holds its callback
+    assert getattr(cycle, downstream._ON_LOST) is None
+    downstream.forget_client_lost({})  # another server: nothing to forget

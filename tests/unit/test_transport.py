@@ -4,12 +4,13 @@ server on loopback whose every answer the test scripts byte for byte."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
 
-from app.transport import LeanTransport
+from app.transport import LeanTransport, Reply
 
 Answer = Callable[[int, bytes, asyncio.StreamWriter], Awaitable[None]]
 
@@ -260,3 +261,36 @@ def test_a_sink_that_wants_no_more_hands_the_rest_back_to_next_chunk() -> None:
         listener.close()
 
     run(scenario)
+
+
+def test_a_closed_connection_leaves_nothing_for_the_cyclic_collector() -> None:
+    """A connection's parser calls back into it: unless that cycle is cut when the connection
+    closes, every closed backend connection waits for a full collection to be freed."""
+    async def answer_and_close(index: int, head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}")
+        writer.close()
+
+    async def scenario() -> None:
+        server, listener, base = await _serving(answer_and_close)
+        transport = LeanTransport()
+        for _ in range(3):
+            reply = await _send(transport, base)
+            assert await reply.read_all() == b"{}"
+            await reply.aclose()
+        await asyncio.sleep(0.05)  # the closes reach connection_lost
+        assert server.connections == 3
+        await transport.aclose()
+        listener.close()
+
+    gc.collect()
+    gc.disable()
+    try:
+        run(scenario)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, Reply)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
