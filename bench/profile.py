@@ -132,9 +132,9 @@ def record(pid: int, load: Callable[[], dict], seconds: float, outdir: Path, cpu
     outdir.mkdir(parents=True, exist_ok=True)
     raw = outdir / f"profile-{name}.txt"
     argv = ["taskset", "-c", cpus, str(binary), "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-            "--duration", str(int(seconds)), "--output", str(raw), "--nonblocking"]
-    if native:
-        argv.append("--native")
+            "--duration", str(int(seconds)), "--output", str(raw)]
+    # --native needs the process stopped while sampling (slower, but C frames show up)
+    argv.append("--native" if native else "--nonblocking")
     spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
     from bench.procstat import TreeMeter

@@ -160,7 +160,8 @@ class Bench:
 
         log(f"profiling the gateway under {name} for {self.args.profile_seconds:g} s (py-spy)")
         self.results.setdefault("profile", {})[name] = profile.record(
-            pid, load, self.args.profile_seconds, REPO / "bench" / "results", self.load_cpus, name)
+            pid, load, self.args.profile_seconds, REPO / "bench" / "results", self.load_cpus, name,
+            native=self.args.profile_native)
 
     def run_loads(self, gateway_url: str, meter: TreeMeter) -> None:
         direct_url = f"http://127.0.0.1:{next(iter(self.nginx_ports))}"
@@ -216,7 +217,10 @@ class Bench:
     def run_workers(self, baseline: list[dict]) -> None:
         self.results["workers"]["1"] = baseline
         for workers in self.args.workers_scan:
-            cpus = f"0-{workers - 1}"
+            # By default a core each; `--workers-cpus 0` puts them all on the gateway's one core,
+            # which measures what a second worker costs per request (shared metrics, accept
+            # contention) where there is no free core to show the scaling itself.
+            cpus = self.args.workers_cpus or f"0-{workers - 1}"
             shared = set(cpu_list(cpus)) & set(cpu_list(self.load_cpus))
             self.results["workers_note"] = (f"gateway cpus {cpus}, load cpus {self.load_cpus}"
                                             + (": shared" if shared else ""))
@@ -350,10 +354,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gateway-cpus", default="0", help="taskset cpu list for the gateway (default 0)")
     parser.add_argument("--load-cpus", default="1", help="taskset cpu list for upstreams and load generators (default 1)")
     parser.add_argument("--workers-scan", default="2", help="comma-separated worker counts to compare with 1 ('' to skip)")
+    parser.add_argument("--workers-cpus", default="",
+                        help="taskset cpu list for the several-workers runs (default 0..N-1, a core each; "
+                             "0: all on the gateway core, for CPU per request where cores are few)")
     parser.add_argument("--profile", nargs="?", const="small_c64", default="",
                         help="also record py-spy profiles of these loads (comma-separated: small_c64, large_c64, "
                              "small_c1, streams; default small_c64); written to bench/results/profile-*.txt")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument("--profile-native", action="store_true",
+                        help="py-spy --native: C frames too (uvloop, httptools, system calls' callers)")
     parser.add_argument("--only", default="loads,streams,workers",
                         help="comma-separated parts to run: loads, streams, workers (default all)")
     parser.add_argument("--prototype", default="",
