@@ -119,7 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
     from app.metrics.multiprocess import worker_metrics_dir
 
     with worker_metrics_dir():  # before the workers import prometheus_client
-        uvicorn.run("app.gateway:app_from_environment", factory=True, workers=settings.workers, **options)
+        serving.run_workers("app.gateway:app_from_environment", settings.workers, **options)
     return 0
 
 

@@ -114,3 +114,70 @@ def test_two_workers_sum_their_counts_into_one_page(tmp_path):
                 process.wait()
     assert process.returncode == 0, log.read_text()
     assert metrics_dir.is_dir()  # an operator's directory is kept
+
+
+def _sockets_on(port: int) -> dict[str, set[int]]:
+    """Inodes of this port's TCP sockets on loopback by state: LISTEN, and ESTABLISHED with the
+    port as the local end (the gateway's side of client connections)."""
+    found: dict[str, set[int]] = {"listen": set(), "accepted": set()}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] in ("0A", "01"):
+            found["listen" if fields[3] == "0A" else "accepted"].add(int(fields[9]))
+    return found
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def test_each_worker_accepts_on_its_own_socket_so_connections_spread_over_all(tmp_path):
+    """With one listening socket shared, whichever worker runs when connections arrive takes
+    them all; each worker's own SO_REUSEPORT socket lets the kernel spread them."""
+    with running(simulator(["sim-embed"], EMBEDDING)) as embed:
+        port = free_port()
+        config = tmp_path / "gateway.yaml"
+        config.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": port, "shutdown_grace": 2, "log_level": "info",
+                                          "backends": [{"name": "embed", "url": embed.url}]}))
+        log = tmp_path / "gateway.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen([str(CLI), "serve", "--config", str(config), "--workers", "3"],
+                                       stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        clients: list[socket.socket] = []
+        try:
+            assert wait_for(lambda: log.read_text().count("Application startup complete") == 3, 30, 0.1), log.read_text()
+            assert "each accepting on its own socket" in log.read_text()
+            body = b'{"model":"sim-embed","input":"hi"}'
+            for _ in range(48):  # held open (keep-alive), each having been answered once
+                client = socket.create_connection(("127.0.0.1", port), timeout=10)
+                client.sendall(b"POST /v1/embeddings HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+                               b"content-length: %d\r\n\r\n%s" % (len(body), body))
+                assert client.recv(65536).startswith(b"HTTP/1.1 200 OK")
+                clients.append(client)
+            workers = [int(p) for p in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+            sockets = _sockets_on(port)
+            held = {pid: _socket_inodes(pid) for pid in workers}
+            listening = [pid for pid in workers if held[pid] & sockets["listen"]]
+            assert len(sockets["listen"]) == 3 and len(listening) == 3, (sockets, held)
+            served = sorted(len(held[pid] & sockets["accepted"]) for pid in listening)
+            assert sum(served) == 48 and served[0] >= 4, served  # even odds: each of 3 gets ~16
+        finally:
+            for client in clients:
+                client.close()
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, log.read_text()
