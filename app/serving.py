@@ -106,7 +106,12 @@ def run_workers(app: str, workers: int, **options: Any) -> None:
     try:
         reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        reserved.bind((host, config.port))
+        try:
+            reserved.bind((host, config.port))
+        except OSError as exc:
+            log.error("cannot serve on %s port %d: %s; stop what holds it or choose another `port`",
+                      host, config.port, exc.strerror or exc)
+            raise SystemExit(3) from None  # uvicorn's exit status for a failed start-up
         port = reserved.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         log.info("serving on http://%s:%d with %d workers, each accepting on its own socket (SO_REUSEPORT)",

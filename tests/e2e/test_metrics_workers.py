@@ -181,3 +181,18 @@ def test_each_worker_accepts_on_its_own_socket_so_connections_spread_over_all(tm
                 process.kill()
                 process.wait()
     assert process.returncode == 0, log.read_text()
+
+
+def test_several_workers_on_a_port_in_use_fail_at_once_saying_so(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "gateway.yaml"
+        config.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": port,
+                                          "backends": [{"name": "a", "url": "http://127.0.0.1:9"}]}))
+        done = subprocess.run([str(CLI), "serve", "--config", str(config), "--workers", "2"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert f"cannot serve on 127.0.0.1 port {port}: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
