@@ -40,6 +40,16 @@ def stale_counts(directory: Path) -> None:
     assert list(directory.glob("counter_*.db"))
 
 
+def interrupt(process: subprocess.Popen) -> None:
+    """Ctrl-C, as an operator stops it; killed if it has not ended 20 s later."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def page(url: str) -> dict[str, list]:
     # A fresh connection each time, so the kernel may hand it to either worker.
     response = httpx.get(f"{url}/metrics", headers={"connection": "close"}, timeout=10)
@@ -106,12 +116,7 @@ def test_two_workers_sum_their_counts_into_one_page(tmp_path):
                 assert total(tokens, backend="chat", model_name="sim-chat") == 2 * CHATS
                 assert len(tokens) == 2
         finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            interrupt(process)
     assert process.returncode == 0, log.read_text()
     assert metrics_dir.is_dir()  # an operator's directory is kept
 
@@ -174,12 +179,7 @@ def test_each_worker_accepts_on_its_own_socket_so_connections_spread_over_all(tm
         finally:
             for client in clients:
                 client.close()
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            interrupt(process)
     assert process.returncode == 0, log.read_text()
 
 

@@ -4,13 +4,13 @@ server on loopback whose every answer the test scripts byte for byte."""
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
 
-from app.transport import LeanTransport, Reply
+from app.transport import LeanTransport
+from tests.garbage import cyclic_garbage
 
 Answer = Callable[[int, bytes, asyncio.StreamWriter], Awaitable[None]]
 
@@ -282,15 +282,4 @@ def test_a_closed_connection_leaves_nothing_for_the_cyclic_collector() -> None:
         await transport.aclose()
         listener.close()
 
-    gc.collect()
-    gc.disable()
-    try:
-        run(scenario)
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        left = [o for o in gc.garbage if isinstance(o, Reply)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-    assert left == []
+    assert cyclic_garbage(lambda: run(scenario))["app.transport.Reply"] == 0
