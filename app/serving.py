@@ -65,13 +65,18 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def listen_reusing_port(host: str, port: int, backlog: int) -> socket.socket:
-    """A listening socket in the port's SO_REUSEPORT group: the kernel spreads new connections
-    over the group's sockets by their addresses, so each worker holding one gets its share."""
+def _reusing_port(host: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # IPPROTO_TCP: see bind()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
+
+
+def listen_reusing_port(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening socket in the port's SO_REUSEPORT group: the kernel spreads new connections
+    over the group's sockets by their addresses, so each worker holding one gets its share."""
+    sock = _reusing_port(host)
     sock.bind((host, port))
     sock.listen(backlog)
     sock.setblocking(False)
@@ -98,14 +103,15 @@ def run_workers(app: str, workers: int, **options: Any) -> None:
     (restarts, signals), each accepting on its own socket (`WorkerSocket`)."""
     from uvicorn.supervisors import Multiprocess
 
+    if not hasattr(socket, "SO_REUSEPORT"):  # not Linux or BSD: uvicorn's one shared socket
+        uvicorn.run(app, factory=True, workers=workers, **options)
+        return
     config = uvicorn.Config(app, factory=True, workers=workers, **options)
     host, backlog = config.host, config.backlog
     # Held, bound but not listening, for the supervisor's lifetime: a port in use fails here,
     # once, instead of in every worker; port 0 becomes one port for all.
-    reserved = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    reserved = _reusing_port(host)
     try:
-        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             reserved.bind((host, config.port))
         except OSError as exc:
