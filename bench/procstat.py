@@ -94,9 +94,6 @@ class TreeMeter:
     def cpu(self) -> float:
         return run_seconds(self.pids())
 
-    def split(self) -> tuple[float, float]:
-        return cpu_split(self.pids())
-
     def sample(self) -> tuple[float, float, float]:
         """(run time, user, system) in seconds: the first precise, the other two in clock ticks."""
         pids = self.pids()

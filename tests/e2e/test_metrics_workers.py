@@ -50,6 +50,18 @@ def interrupt(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def serve_workers(tmp_path: Path, workers: int, settings: dict, env: dict | None = None) -> tuple[subprocess.Popen, Path]:
+    """`vllm-gateway serve --workers N` with `settings` as its configuration; its output in the log."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({"host": "127.0.0.1", "shutdown_grace": 2, "log_level": "info", **settings}))
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([str(CLI), "serve", "--config", str(config), "--workers", str(workers)],
+                                   stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    return process, log
+
+
 def page(url: str) -> dict[str, list]:
     # A fresh connection each time, so the kernel may hand it to either worker.
     response = httpx.get(f"{url}/metrics", headers={"connection": "close"}, timeout=10)
@@ -69,17 +81,10 @@ def test_two_workers_sum_their_counts_into_one_page(tmp_path):
     stale_counts(metrics_dir)
     with running(simulator(["sim-chat"], CHAT)) as chat, running(simulator(["sim-embed"], EMBEDDING)) as embed:
         port = free_port()
-        config = tmp_path / "gateway.yaml"
-        config.write_text(yaml.safe_dump({
-            "host": "127.0.0.1", "port": port, "shutdown_grace": 2, "log_level": "info",
-            "health_check_interval": 0.5,
+        process, log = serve_workers(tmp_path, 2, {
+            "port": port, "health_check_interval": 0.5,
             "backends": [{"name": "chat", "url": chat.url}, {"name": "embed", "url": embed.url}],
-        }))
-        log = tmp_path / "gateway.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-        with log.open("wb") as out:
-            process = subprocess.Popen([str(CLI), "serve", "--config", str(config), "--workers", "2"],
-                                       stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        }, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
         url = f"http://127.0.0.1:{port}"
         try:
             started = wait_for(lambda: log.read_text().count("Application startup complete") == 2, 30, 0.1)
@@ -150,14 +155,7 @@ def test_each_worker_accepts_on_its_own_socket_so_connections_spread_over_all(tm
     them all; each worker's own SO_REUSEPORT socket lets the kernel spread them."""
     with running(simulator(["sim-embed"], EMBEDDING)) as embed:
         port = free_port()
-        config = tmp_path / "gateway.yaml"
-        config.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": port, "shutdown_grace": 2, "log_level": "info",
-                                          "backends": [{"name": "embed", "url": embed.url}]}))
-        log = tmp_path / "gateway.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen([str(CLI), "serve", "--config", str(config), "--workers", "3"],
-                                       stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        process, log = serve_workers(tmp_path, 3, {"port": port, "backends": [{"name": "embed", "url": embed.url}]})
         clients: list[socket.socket] = []
         try:
             assert wait_for(lambda: log.read_text().count("Application startup complete") == 3, 30, 0.1), log.read_text()
@@ -188,11 +186,7 @@ def test_several_workers_on_a_port_in_use_fail_at_once_saying_so(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = tmp_path / "gateway.yaml"
-        config.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": port,
-                                          "backends": [{"name": "a", "url": "http://127.0.0.1:9"}]}))
-        done = subprocess.run([str(CLI), "serve", "--config", str(config), "--workers", "2"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)
-    assert done.returncode == 3
-    assert f"cannot serve on 127.0.0.1 port {port}: Address already in use" in done.stderr
-    assert "Traceback" not in done.stderr
+        process, log = serve_workers(tmp_path, 2, {"port": port, "backends": [{"name": "a", "url": "http://127.0.0.1:9"}]})
+        assert process.wait(60) == 3
+    assert f"cannot serve on 127.0.0.1 port {port}: Address already in use" in log.read_text()
+    assert "Traceback" not in log.read_text()
