@@ -92,6 +92,15 @@ def rows(results: dict[str, Any]) -> list[Row]:
         out.append(Row(f"{label}: gateway CPU us/stream", None, median(runs["gateway"], "cpu_us_per_stream")))
         rss = max((r.get("rss_peak_mb", 0) for r in runs["gateway"]), default=None)
         out.append(Row(f"{label}: gateway RSS peak (MB)", None, rss, "", "<= 150", _at_most(rss, 150)))
+    cold = results.get("streams_cold")
+    if cold and cold["runs"]:
+        count = cold["runs"][0]["count"]
+        label = f"{count} streams after {cold['idle_s']:g} s idle (new backend connections)"
+        d = median(streams.get(str(count), {}).get("direct", []), _stream_stat("first_byte", "p99_ms"))
+        g = median(cold["runs"], _stream_stat("first_byte", "p99_ms"))
+        ratio = _ratio(d, g)
+        out.append(Row(f"{label}: first byte p99 (ms)", d, g, f"{ratio:.2f}x" if ratio else ""))
+        out.append(Row(f"{label}: gateway CPU us/stream", None, median(cold["runs"], "cpu_us_per_stream")))
     idle = results.get("rss_idle_mb")
     if idle is not None:
         out.append(Row("gateway RSS idle (MB)", None, idle, "", "<= 80", _at_most(idle, 80)))

@@ -38,6 +38,7 @@ from bench.procstat import TreeMeter  # noqa: E402
 BEGAN = time.monotonic()
 LOAD_BEFORE = os.getloadavg()  # other work on a 2-core machine skews every figure: recorded with them
 PATH = "/v1/chat/completions"
+COLD_IDLE_S = 5.0  # longer than the gateway keeps idle backend connections (4 s; vLLM's keep-alive is 5 s)
 
 
 def log(message: str) -> None:
@@ -188,7 +189,9 @@ class Bench:
         direct_url = f"http://127.0.0.1:{next(iter(self.sse_ports))}"
         targets = {"direct": (direct_url, None), "gateway": (gateway_url, meter)}
         for url, m in targets.values():
-            loads.streams(url, 64, self.load_cpus)  # warm-up: connections, code paths
+            # Warm-up at full size: code paths, and as many pooled backend connections as a run
+            # uses (a gateway in service keeps them; one after an idle spell is measured below).
+            loads.streams(url, self.args.streams, self.load_cpus)
         plan = [(self.args.streams, self.args.reps)]
         if self.args.many_streams:
             plan.append((self.args.many_streams, 1))
@@ -208,10 +211,26 @@ class Bench:
                         f"first byte p50/p99 {first.get('p50_ms', 0):.0f}/{first.get('p99_ms', 0):.0f} ms, "
                         f"whole p50/p99 {whole.get('p50_ms', 0):.0f}/{whole.get('p99_ms', 0):.0f} ms{extra}"
                         + (f", errors {result['errors']}" if result["errors"] else ""))
+        self.run_cold_streams(gateway_url, meter)
         name = f"streams_{self.args.streams}"
         if "streams" in self.args.profile or name in self.args.profile:
             self.profile(meter.pid, name, lambda: _repeated_streams(gateway_url, self.args.streams, self.load_cpus,
                                                                     self.args.profile_seconds))
+
+    def run_cold_streams(self, gateway_url: str, meter: TreeMeter) -> None:
+        """A burst after an idle spell: the gateway's idle backend connections have expired, so
+        every stream also opens one (a TCP handshake on the gateway's core)."""
+        runs: list[dict] = []
+        self.results["streams_cold"] = {"idle_s": COLD_IDLE_S, "runs": runs}
+        for rep in range(self.args.reps):
+            time.sleep(COLD_IDLE_S)
+            result = loads.streams(gateway_url, self.args.streams, self.load_cpus, meter)
+            runs.append(result)
+            first = result["first_byte"]
+            log(f"{self.args.streams} streams after {COLD_IDLE_S:g} s idle, rep {rep + 1}/{self.args.reps}: "
+                f"{result['completed']}/{self.args.streams} complete, first byte p50/p99 "
+                f"{first.get('p50_ms', 0):.0f}/{first.get('p99_ms', 0):.0f} ms, "
+                f"{result['cpu_us_per_stream']:.0f} us CPU/stream")
 
     # -- several workers ---------------------------------------------------------------------
     def run_workers(self, baseline: list[dict]) -> None:
