@@ -4,7 +4,8 @@ server on loopback whose every answer the test scripts byte for byte."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -55,6 +56,18 @@ async def _serving(answer: Answer) -> tuple[Server, asyncio.base_events.Server, 
     return server, listener, f"http://127.0.0.1:{port}"
 
 
+@contextlib.asynccontextmanager
+async def _pooled(answer: Answer) -> AsyncIterator[tuple[Server, LeanTransport, str]]:
+    """A server answering with `answer` and a pool to it, both closed at the end, even on failure."""
+    server, listener, base = await _serving(answer)
+    transport = LeanTransport()
+    try:
+        yield server, transport, base
+    finally:
+        await transport.aclose()
+        listener.close()
+
+
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(scenario(), 10))
 
@@ -71,20 +84,17 @@ async def _send(transport: LeanTransport, base: str, body: bytes = b'{"model":"m
 
 def test_a_request_goes_out_as_given_and_its_connection_is_reused() -> None:
     async def scenario() -> None:
-        server, listener, base = await _serving(_ok)
-        transport = LeanTransport()
-        for _ in range(3):
-            reply = await _send(transport, base, path="/v1/chat/completions?x=1")
-            assert reply.status == 200 and (b"content-type", b"application/json") in reply.headers
-            assert await reply.read_all() == b'{"ok":true}'
-            await reply.aclose()
-        assert server.connections == 1
-        head = server.heads[0].lower()
-        assert head.startswith(b"post /v1/chat/completions?x=1 http/1.1\r\n")
-        assert b"\r\nhost: 127.0.0.1:" in head and b"\r\ncontent-length: 13\r\n" in head
-        assert b"\r\nx-request-id: abc\r\n" in head and server.bodies[0] == b'{"model":"m"}'
-        await transport.aclose()
-        listener.close()
+        async with _pooled(_ok) as (server, transport, base):
+            for _ in range(3):
+                reply = await _send(transport, base, path="/v1/chat/completions?x=1")
+                assert reply.status == 200 and (b"content-type", b"application/json") in reply.headers
+                assert await reply.read_all() == b'{"ok":true}'
+                await reply.aclose()
+            assert server.connections == 1
+            head = server.heads[0].lower()
+            assert head.startswith(b"post /v1/chat/completions?x=1 http/1.1\r\n")
+            assert b"\r\nhost: 127.0.0.1:" in head and b"\r\ncontent-length: 13\r\n" in head
+            assert b"\r\nx-request-id: abc\r\n" in head and server.bodies[0] == b'{"model":"m"}'
 
     run(scenario)
 
@@ -99,18 +109,15 @@ def test_a_reply_closed_before_its_end_closes_the_connection() -> None:
 
     async def scenario() -> None:
         nonlocal server
-        server, listener, base = await _serving(endless)
-        transport = LeanTransport()
-        reply = await _send(transport, base)
-        assert await reply.next_chunk() == b"data: "
-        await reply.aclose()
-        for _ in range(100):
-            if server.closed:
-                break
-            await asyncio.sleep(0.01)
-        assert server.closed == 1  # the backend sees the client leave
-        await transport.aclose()
-        listener.close()
+        async with _pooled(endless) as (server, transport, base):
+            reply = await _send(transport, base)
+            assert await reply.next_chunk() == b"data: "
+            await reply.aclose()
+            for _ in range(100):
+                if server.closed:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.closed == 1  # the backend sees the client leave
 
     run(scenario)
 
@@ -129,20 +136,17 @@ def _paced_stream(events: list[bytes]) -> Answer:
 
 def test_a_stream_comes_in_pieces_then_ends() -> None:
     async def scenario() -> None:
-        server, listener, base = await _serving(_paced_stream([b"data: 1\n\n", b"data: [DONE]\n\n"]))
-        transport = LeanTransport()
-        reply = await _send(transport, base)
-        pieces = []
-        while (piece := await reply.next_chunk()) is not None:
-            pieces.append(piece)
-        assert b"".join(pieces) == b"data: 1\n\ndata: [DONE]\n\n" and len(pieces) == 2
-        await reply.aclose()
-        reply = await _send(transport, base)  # complete: the connection went back to the pool
-        await reply.read_all()
-        await reply.aclose()
-        assert server.connections == 1
-        await transport.aclose()
-        listener.close()
+        async with _pooled(_paced_stream([b"data: 1\n\n", b"data: [DONE]\n\n"])) as (server, transport, base):
+            reply = await _send(transport, base)
+            pieces = []
+            while (piece := await reply.next_chunk()) is not None:
+                pieces.append(piece)
+            assert b"".join(pieces) == b"data: 1\n\ndata: [DONE]\n\n" and len(pieces) == 2
+            await reply.aclose()
+            reply = await _send(transport, base)  # complete: the connection went back to the pool
+            await reply.read_all()
+            await reply.aclose()
+            assert server.connections == 1
 
     run(scenario)
 
@@ -154,13 +158,10 @@ def test_a_body_that_ends_with_the_connection_is_read_whole() -> None:
         writer.close()
 
     async def scenario() -> None:
-        _, listener, base = await _serving(unframed)
-        transport = LeanTransport()
-        reply = await _send(transport, base)
-        assert await reply.read_all() == b"all of it"
-        await reply.aclose()
-        await transport.aclose()
-        listener.close()
+        async with _pooled(unframed) as (_, transport, base):
+            reply = await _send(transport, base)
+            assert await reply.read_all() == b"all of it"
+            await reply.aclose()
 
     run(scenario)
 
@@ -173,15 +174,12 @@ def test_an_idle_connection_the_backend_closed_as_it_was_reused_is_retried_once(
             writer.close()  # a keep-alive timeout racing the next request: nothing answered
 
     async def scenario() -> None:
-        server, listener, base = await _serving(once_per_connection)
-        transport = LeanTransport()
-        for _ in range(2):
-            reply = await _send(transport, base)
-            assert await reply.read_all() == b'{"ok":true}'
-            await reply.aclose()
-        assert server.connections == 2
-        await transport.aclose()
-        listener.close()
+        async with _pooled(once_per_connection) as (server, transport, base):
+            for _ in range(2):
+                reply = await _send(transport, base)
+                assert await reply.read_all() == b'{"ok":true}'
+                await reply.aclose()
+            assert server.connections == 2
 
     run(scenario)
 
@@ -195,13 +193,10 @@ def test_broken_responses_raise_httpx_protocol_errors(answer: bytes) -> None:
         writer.close()
 
     async def scenario() -> None:
-        _, listener, base = await _serving(broken)
-        transport = LeanTransport()
-        with pytest.raises(httpx.RemoteProtocolError):
-            reply = await _send(transport, base)
-            await reply.read_all()
-        await transport.aclose()
-        listener.close()
+        async with _pooled(broken) as (_, transport, base):
+            with pytest.raises(httpx.RemoteProtocolError):
+                reply = await _send(transport, base)
+                await reply.read_all()
 
     run(scenario)
 
@@ -228,37 +223,31 @@ EVENTS = [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n", b"data: [DONE]\n\n"]
 
 def test_a_pipe_hands_every_piece_to_its_sink_from_the_connection_and_returns_at_the_end() -> None:
     async def scenario() -> None:
-        server, listener, base = await _serving(_paced_stream(EVENTS))
-        transport = LeanTransport()
-        reply = await _send(transport, base)
-        first = await reply.next_chunk()
-        piped: list[bytes] = []
-        await reply.pipe(lambda piece: piped.append(piece) or True)
-        assert first + b"".join(piped) == b"".join(EVENTS) and len(piped) >= 2
-        assert reply.sink is None and await reply.next_chunk() is None
-        await reply.aclose()
-        await transport.aclose()
-        listener.close()
+        async with _pooled(_paced_stream(EVENTS)) as (server, transport, base):
+            reply = await _send(transport, base)
+            first = await reply.next_chunk()
+            piped: list[bytes] = []
+            await reply.pipe(lambda piece: piped.append(piece) or True)
+            assert first + b"".join(piped) == b"".join(EVENTS) and len(piped) >= 2
+            assert reply.sink is None and await reply.next_chunk() is None
+            await reply.aclose()
 
     run(scenario)
 
 
 def test_a_sink_that_wants_no_more_hands_the_rest_back_to_next_chunk() -> None:
     async def scenario() -> None:
-        server, listener, base = await _serving(_paced_stream(EVENTS))
-        transport = LeanTransport()
-        reply = await _send(transport, base)
-        first = await reply.next_chunk()
-        piped: list[bytes] = []
-        await reply.pipe(lambda piece: piped.append(piece) and False)  # takes one piece, then stops
-        assert len(piped) == 1 and reply.sink is None
-        rest = []
-        while (piece := await reply.next_chunk()) is not None:
-            rest.append(piece)
-        assert first + piped[0] + b"".join(rest) == b"".join(EVENTS) and rest
-        await reply.aclose()
-        await transport.aclose()
-        listener.close()
+        async with _pooled(_paced_stream(EVENTS)) as (server, transport, base):
+            reply = await _send(transport, base)
+            first = await reply.next_chunk()
+            piped: list[bytes] = []
+            await reply.pipe(lambda piece: piped.append(piece) and False)  # takes one piece, then stops
+            assert len(piped) == 1 and reply.sink is None
+            rest = []
+            while (piece := await reply.next_chunk()) is not None:
+                rest.append(piece)
+            assert first + piped[0] + b"".join(rest) == b"".join(EVENTS) and rest
+            await reply.aclose()
 
     run(scenario)
 
@@ -271,15 +260,12 @@ def test_a_closed_connection_leaves_nothing_for_the_cyclic_collector() -> None:
         writer.close()
 
     async def scenario() -> None:
-        server, listener, base = await _serving(answer_and_close)
-        transport = LeanTransport()
-        for _ in range(3):
-            reply = await _send(transport, base)
-            assert await reply.read_all() == b"{}"
-            await reply.aclose()
-        await asyncio.sleep(0.05)  # the closes reach connection_lost
-        assert server.connections == 3
-        await transport.aclose()
-        listener.close()
+        async with _pooled(answer_and_close) as (server, transport, base):
+            for _ in range(3):
+                reply = await _send(transport, base)
+                assert await reply.read_all() == b"{}"
+                await reply.aclose()
+            await asyncio.sleep(0.05)  # the closes reach connection_lost
+            assert server.connections == 3
 
     assert cyclic_garbage(lambda: run(scenario))["app.transport.Reply"] == 0
