@@ -9,7 +9,8 @@ gateway's own CPU per request (from /proc); req/s also depends on what else runs
 
 A variant is `stock` (the installed `vllm-gateway`, i.e. the working tree) or `tree:DIR` (the app/
 package found in DIR, e.g. the last commit's: `git archive HEAD app | tar -x -C /tmp/base`, then
-`--variants tree:/tmp/base,stock`).
+`--variants tree:/tmp/base,stock`). `tree:DIR@PYTHON` runs that app/ under another interpreter
+that has the gateway's dependencies, e.g. `tree:/tmp/base@/tmp/venv312/bin/python`.
 """
 
 from __future__ import annotations

@@ -111,11 +111,13 @@ class Bench:
         if prototype.startswith("tree:"):
             # Another copy of app/ (e.g. `git archive HEAD app | tar -x -C /tmp/base`): A/B
             # against a committed state without touching the working tree.
-            tree = prototype[len("tree:"):]
-            command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {tree!r}); "
+            # `tree:DIR@PYTHON` runs it under another interpreter that has the gateway's
+            # dependencies (e.g. a Python 3.12 virtual environment).
+            tree, _, python = prototype[len("tree:"):].partition("@")
+            command = [python or sys.executable, "-c", f"import sys; sys.path.insert(0, {tree!r}); "
                        "from app.cli import main; sys.exit(main())"]
         elif prototype:
-            raise SystemExit(f"--prototype takes tree:DIR, not {prototype!r}")
+            raise SystemExit(f"--prototype takes tree:DIR or tree:DIR@PYTHON, not {prototype!r}")
         else:
             command = [str(Path(sys.executable).with_name("vllm-gateway"))]
         argv = loads.taskset(cpus, [*command, "serve", "--config", str(path), "--workers", str(workers)])
@@ -386,7 +388,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma-separated parts to run: loads, streams, workers (default all)")
     parser.add_argument("--prototype", default="",
                         help="tree:DIR runs the app/ found in DIR instead of the working tree's (an A/B "
-                             "against a committed state); workers=1 only")
+                             "against a committed state); tree:DIR@PYTHON under another interpreter; "
+                             "workers=1 only")
     parser.add_argument("--no-setup", action="store_true", help="do not try to install nginx and wrk")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "latest.json"))
     args = parser.parse_args(argv)
