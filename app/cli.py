@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from app import __version__
-from app.settings import ConfigError, Settings, load_settings
+from app.settings import KEEP_ALIVE_ENV, VLLM_KEEP_ALIVE, ConfigError, Settings, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,5 +236,8 @@ def _simulate(args: argparse.Namespace) -> int:
     config = SimulatorConfig(models=args.model, kind=args.kind, token_delay=args.token_delay,
                              max_model_len=args.max_model_len, lora_adapters=args.lora, api_key=args.api_key)
     print(f"simulated vLLM server ({args.kind}) serving {', '.join(args.model)} on http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(Simulator(config), host=args.host, port=args.port, log_level="warning", access_log=False, timeout_keep_alive=5)
+    # Like vLLM: idle connections are closed after VLLM_HTTP_TIMEOUT_KEEP_ALIVE seconds (default 5).
+    keep_alive = int(os.environ.get(KEEP_ALIVE_ENV, VLLM_KEEP_ALIVE))
+    uvicorn.run(Simulator(config), host=args.host, port=args.port, log_level="warning", access_log=False,
+                timeout_keep_alive=keep_alive)
     return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from app.settings import BackendConfig
+from app.settings import KEEP_ALIVE_ENV, BackendConfig
 
 PLACEHOLDERS = ("{model}", "{host}", "{port}", "{name}")
 _CHUNK = 65536
@@ -66,11 +66,14 @@ def command_line(config: BackendConfig) -> list[str]:
 
 
 def environment(config: BackendConfig, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The gateway's environment plus `env`; Python output unbuffered so log lines arrive at once."""
+    """The gateway's environment plus `env`; Python output unbuffered so log lines arrive at once;
+    the backend's keep-alive (`BackendConfig.effective_keep_alive`), which the gateway's connection
+    pool for it relies on."""
     assert config.launch is not None
     env = dict(os.environ if base is None else base)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update({key: substitute(value, config) for key, value in config.launch.env.items()})
+    env[KEEP_ALIVE_ENV] = str(config.effective_keep_alive)
     return env
 
 

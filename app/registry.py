@@ -166,11 +166,13 @@ def make_upstream(url: str, settings: Settings, config: BackendConfig,
         pool=timeouts.connect,
     )
     headers = backend_headers(config)
+    if transport is None:
+        # The backend closes idle connections after its keep-alive: expire ours a second earlier.
+        transport = LeanTransport(keepalive_expiry=config.effective_keep_alive - 1)
     client = httpx.AsyncClient(
         base_url=url,
         headers={k.decode(): v.decode() for k, v in headers.items()},
-        # vLLM closes idle keep-alive connections after 5 s: expire ours first.
-        transport=transport if transport is not None else LeanTransport(keepalive_expiry=4.0),
+        transport=transport,
         trust_env=False,  # never send loopback traffic through an HTTP(S)_PROXY from the environment
         timeout=timeout,
     )

@@ -18,6 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 DEFAULT_LAUNCH_COMMAND = ["vllm", "serve", "{model}"]
+# How long a vLLM server keeps an idle HTTP connection open: its uvicorn's `timeout_keep_alive`,
+# set by this environment variable (vLLM's default: 5 s). The gateway keeps its idle connections
+# to a backend one second less, so it never reuses one the server is closing.
+KEEP_ALIVE_ENV = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
+VLLM_KEEP_ALIVE = 5
+LAUNCHED_KEEP_ALIVE = 60  # asked of the processes the gateway launches: a pause under a minute costs no reconnects
 
 
 class _Strict(BaseModel):
@@ -113,6 +119,7 @@ class BackendConfig(_Strict):
     max_concurrency: int | None = Field(None, ge=1)
     max_queue: int = Field(100, ge=0)
     queue_timeout: float = Field(30.0, gt=0)
+    keep_alive: int | None = Field(None, ge=2)
     launch: LaunchConfig | None = None
 
     @field_validator("name")
@@ -140,6 +147,14 @@ class BackendConfig(_Strict):
             raise ValueError("url is required (the base URL of a vLLM OpenAI server, e.g. http://127.0.0.1:8000)")
         if self.launch and len(self.all_urls) != 1:
             raise ValueError("a launched backend has exactly one url (the address its vLLM process binds)")
+        given = self.launch.env.get(KEEP_ALIVE_ENV) if self.launch else None
+        if given is not None:
+            if not given.isdigit() or int(given) < 2:
+                raise ValueError(f"launch.env.{KEEP_ALIVE_ENV} must be a whole number of seconds, at least 2 "
+                                 f"(got {given!r})")
+            if self.keep_alive is not None and self.keep_alive != int(given):
+                raise ValueError(f"keep_alive ({self.keep_alive}) and launch.env.{KEEP_ALIVE_ENV} ({given}) "
+                                 f"disagree: set only keep_alive")
         return self
 
     @property
@@ -152,6 +167,17 @@ class BackendConfig(_Strict):
         if self.models:
             return self.models[0]
         return self.launch.model if self.launch else None
+
+    @property
+    def effective_keep_alive(self) -> int:
+        """Seconds this backend keeps an idle connection open: `keep_alive`, else what its launch
+        environment sets, else 60 for a process the gateway launches and vLLM's 5 for any other."""
+        if self.keep_alive is not None:
+            return self.keep_alive
+        if self.launch is None:
+            return VLLM_KEEP_ALIVE
+        given = self.launch.env.get(KEEP_ALIVE_ENV)
+        return int(given) if given is not None else LAUNCHED_KEEP_ALIVE
 
     def effective_timeouts(self, defaults: Timeouts) -> Timeouts:
         overrides = self.timeouts.model_dump(exclude_none=True)

@@ -279,6 +279,7 @@ class Simulator:
         self.state.received += 1
         self.state.requests.append({
             "path": scope["path"],
+            "client": scope.get("client"),  # the peer address: which connection it came on
             "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
             "body": data,
         })

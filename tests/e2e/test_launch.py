@@ -134,6 +134,28 @@ def test_gateway_serves_at_once_starts_backends_in_order_then_routes_to_them(
     assert "serving sim-embed" in (tmp_path / "embed.log").read_text()
 
 
+def test_a_launched_backend_keeps_idle_connections_open_past_vllms_default_keep_alive() -> None:
+    """The process gets VLLM_HTTP_TIMEOUT_KEEP_ALIVE and the gateway keeps its idle connections a
+    second less: after a pause longer than vLLM's default 5 s, the next request goes out on the
+    same connection (no handshake on the gateway's core). Health checks are spaced out so that
+    they do not keep the connection busy meanwhile."""
+    chat = {**sim_backend("chat", "sim-chat"), "keep_alive": 8}
+    with running(create_app(gateway_settings(chat, health_check_interval=60))) as gw:
+        assert wait_for(lambda: status(gw.url)["chat"]["state"] == "ready", timeout=20)
+        sdk = client(gw.url)
+        ask = dict(model="sim-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+
+        def last_peer() -> list:
+            requests = httpx.get(f"{chat['url']}/_sim/stats").json()["requests"]
+            return [r["client"] for r in requests if r["path"] == "/v1/chat/completions"][-1]
+
+        sdk.chat.completions.create(**ask)
+        first = last_peer()
+        time.sleep(6.5)
+        sdk.chat.completions.create(**ask)
+        assert last_peer() == first
+
+
 def test_a_killed_backend_answers_503_while_restarting_then_serves_again() -> None:
     chat = sim_backend("chat", "sim-chat", restart_backoff_initial=1.0)
     with running(create_app(gateway_settings(chat))) as gw:

@@ -249,6 +249,15 @@ def test_status_shape_and_no_secrets(fake) -> None:
     assert "top-secret" not in repr(status)
 
 
+def test_idle_backend_connections_expire_a_second_before_the_backends_keep_alive() -> None:
+    settings = Settings(backends=[{"name": "a", "url": "http://a:1"},
+                                  {"name": "b", "url": "http://b:1", "launch": {"model": "m"}}])
+    for config, expiry in zip(settings.backends, (4, 59)):
+        upstream = make_upstream(config.all_urls[0], settings, config, None)
+        assert upstream.transport.keepalive_expiry == expiry
+        run(upstream.client.aclose())
+
+
 def test_backend_clients_send_the_backend_key_and_ignore_proxy_environment(fake, monkeypatch) -> None:
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     settings = Settings(backends=[{"name": "a", "url": "http://a:1", "api_key": "k-123"}])

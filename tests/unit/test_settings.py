@@ -139,6 +139,18 @@ def test_per_backend_timeouts_override_the_defaults() -> None:
     assert (effective.connect, effective.response_head) == (2, 5)
 
 
+def test_keep_alive_is_vllms_5_s_for_a_server_and_60_s_for_a_launched_process() -> None:
+    settings = Settings(backends=[
+        {"name": "server", "url": "http://h:1"},
+        {"name": "tuned", "url": "http://h:2", "keep_alive": 30},
+        {"name": "launched", "url": "http://h:3", "launch": {"model": "m3"}},
+        {"name": "by-env", "url": "http://h:4", "launch": {"model": "m4", "env": {"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": 20}}},
+        {"name": "both", "url": "http://h:5", "keep_alive": 9, "launch": {"model": "m5",
+                                                                            "env": {"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "9"}}},
+    ])
+    assert [b.effective_keep_alive for b in settings.backends] == [5, 30, 60, 20, 9]
+
+
 def test_several_urls_are_replicas() -> None:
     backend = Settings(backends=[{"name": "a", "urls": ["http://h:1/", "http://h:2"]}]).backends[0]
     assert backend.all_urls == ["http://h:1", "http://h:2"]
@@ -227,6 +239,23 @@ def test_backend_name_must_fit_a_metric_label(write) -> None:
 def test_out_of_range_values(write) -> None:
     assert "port:" in error_of(write("port: 70000\n"))
     assert "timeouts.connect" in error_of(write("timeouts: {connect: 0}\n"))
+
+
+def test_keep_alive_mistakes_name_the_key(write) -> None:
+    assert "backends[0].keep_alive: Input should be greater than or equal to 2" in error_of(write("""
+        backends:
+          - {name: a, url: 'http://h:1', keep_alive: 1}
+    """))
+    message = error_of(write("""
+        backends:
+          - {name: a, url: 'http://h:1', keep_alive: 30, launch: {model: m, env: {VLLM_HTTP_TIMEOUT_KEEP_ALIVE: '20'}}}
+    """))
+    assert "keep_alive (30) and launch.env.VLLM_HTTP_TIMEOUT_KEEP_ALIVE (20) disagree: set only keep_alive" in message
+    message = error_of(write("""
+        backends:
+          - {name: a, url: 'http://h:1', launch: {model: m, env: {VLLM_HTTP_TIMEOUT_KEEP_ALIVE: '1.5'}}}
+    """))
+    assert "launch.env.VLLM_HTTP_TIMEOUT_KEEP_ALIVE must be a whole number of seconds, at least 2 (got '1.5')" in message
 
 
 def test_file_problems(write, tmp_path: Path) -> None:

@@ -81,7 +81,16 @@ def test_unset_fields_add_no_flags_and_placeholders_are_substituted() -> None:
 def test_environment_adds_substituted_env_over_the_gateways() -> None:
     config = config_of(name="chat", env={"VLLM_PORT_HINT": "{port}", "HOME": "/elsewhere", "N": 3})
     env = launch.environment(config, base={"HOME": "/root", "PATH": "/bin"})
-    assert env == {"HOME": "/elsewhere", "PATH": "/bin", "VLLM_PORT_HINT": "8010", "N": "3", "PYTHONUNBUFFERED": "1"}
+    assert env == {"HOME": "/elsewhere", "PATH": "/bin", "VLLM_PORT_HINT": "8010", "N": "3", "PYTHONUNBUFFERED": "1",
+                   "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "60"}
+
+
+def test_environment_sets_the_backends_keep_alive_over_an_inherited_one() -> None:
+    """The gateway's pool for the backend expires idle connections a second before this."""
+    inherited = {"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "5"}
+    assert launch.environment(config_of(), base=inherited)["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] == "60"
+    tuned = Settings(backends=[{**backend(), "keep_alive": 15}]).backends[0]
+    assert launch.environment(tuned, base=inherited)["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] == "15"
 
 
 def test_log_file_path_takes_placeholders() -> None:
