@@ -147,6 +147,10 @@ class BackendConfig(_Strict):
             raise ValueError("url is required (the base URL of a vLLM OpenAI server, e.g. http://127.0.0.1:8000)")
         if self.launch and len(self.all_urls) != 1:
             raise ValueError("a launched backend has exactly one url (the address its vLLM process binds)")
+        return self
+
+    @model_validator(mode="after")
+    def _one_keep_alive(self) -> BackendConfig:
         given = self.launch.env.get(KEEP_ALIVE_ENV) if self.launch else None
         if given is not None:
             if not given.isdigit() or int(given) < 2:
