@@ -7,6 +7,7 @@ tests check protocol, routing, process handling and metrics, never the text.
 
 from __future__ import annotations
 
+import http.client
 import math
 import os
 import re
@@ -172,6 +173,25 @@ def test_embeddings(live: LiveGateway) -> None:
     assert len(vectors[0]) == len(vectors[1]) == 128
     assert all(math.isclose(math.sqrt(sum(x * x for x in v)), 1.0, rel_tol=1e-3) for v in vectors)
     assert vectors[0] != vectors[1]
+
+
+def test_launched_vllm_keeps_idle_connections_past_its_default_5_s(live: LiveGateway) -> None:
+    """The gateway starts vLLM with VLLM_HTTP_TIMEOUT_KEEP_ALIVE=60 (and keeps its own idle
+    connections 59 s): a connection idle for longer than vLLM's default 5 s is still open."""
+    pid = live.status()["embed"]["pid"]
+    assert b"VLLM_HTTP_TIMEOUT_KEEP_ALIVE=60" in (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+    url = httpx.URL(live.backend_urls["embed"])
+    conn = http.client.HTTPConnection(url.host, url.port, timeout=10)
+    try:
+        conn.request("GET", "/health")
+        assert conn.getresponse().read() is not None
+        local = conn.sock.getsockname()
+        time.sleep(6.5)
+        conn.request("GET", "/health")  # on the same socket: vLLM has not closed it
+        assert conn.getresponse().status == 200
+        assert conn.sock.getsockname() == local
+    finally:
+        conn.close()
 
 
 def test_unknown_model_is_not_found(live: LiveGateway) -> None:
