@@ -81,6 +81,7 @@ class Backend:
     health_failing_since: float | None = None
     last_health_error: str | None = None
     given_up: bool = False  # launched, failed, and not restarted again (app.supervisor)
+    turn: int = -1  # counts `pick` calls: addresses tied for least outstanding take turns
 
     @property
     def name(self) -> str:
@@ -111,12 +112,17 @@ class Backend:
         return None
 
     def pick(self) -> Upstream:
-        """Least outstanding requests among healthy addresses (all of them if none is healthy)."""
+        """Least outstanding requests among healthy addresses (all of them if none is healthy);
+        ties taken in turn, so requests that do not overlap still spread over every address
+        (without it, an idle pair of replicas would send everything to the first)."""
         ups = self.upstreams
         if len(ups) == 1:
             return ups[0]
         healthy = [u for u in ups if u.healthy] or ups
-        return min(healthy, key=lambda u: u.outstanding)
+        least = min(u.outstanding for u in healthy)
+        tied = [u for u in healthy if u.outstanding == least]
+        self.turn += 1
+        return tied[self.turn % len(tied)]
 
     def status(self) -> dict[str, Any]:
         info: dict[str, Any] = {

@@ -38,7 +38,8 @@ def holder(replicas, response_id: str) -> int:
 
 
 def made_concurrently(gw, count: int) -> list:
-    """Responses created at once, so least-outstanding balancing spreads them over both replicas."""
+    """Responses created at once: least-outstanding balancing, ties taken in turn, spreads them over
+    both replicas."""
     async def create() -> list:
         async with openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0) as client:
             return await asyncio.gather(*(client.responses.create(model=MODEL, input="hi") for _ in range(count)))

@@ -229,6 +229,17 @@ def test_a_backend_with_replicas_is_up_while_any_replica_is(fake) -> None:
     assert backend.pick() is backend.upstreams[0]  # least outstanding among healthy
 
 
+def test_replicas_with_as_many_requests_outstanding_take_turns(fake) -> None:
+    reg = registry(fake, {"name": "chat", "urls": ["http://r1:1", "http://r2:2", "http://r3:3"], "models": ["m"]})
+    backend = reg.backends["chat"]
+    first, second, third = backend.upstreams
+    assert [backend.pick() for _ in range(6)] == [first, second, third, first, second, third]
+    second.outstanding = 1
+    assert [backend.pick() for _ in range(4)] == [first, third, first, third]  # the busier one only when alone
+    first.healthy = False
+    assert [backend.pick() for _ in range(2)] == [third, third]
+
+
 @pytest.mark.parametrize("state", [STARTING, FAILED])
 def test_supervised_states_are_not_probed(fake, state) -> None:
     fake.health["chat"] = 200
