@@ -81,7 +81,7 @@ class Backend:
     health_failing_since: float | None = None
     last_health_error: str | None = None
     given_up: bool = False  # launched, failed, and not restarted again (app.supervisor)
-    turn: int = -1  # counts `pick` calls: addresses tied for least outstanding take turns
+    turn: int = 0  # counts `pick` calls: addresses tied for least outstanding take turns
 
     @property
     def name(self) -> str:
@@ -121,8 +121,9 @@ class Backend:
         healthy = [u for u in ups if u.healthy] or ups
         least = min(u.outstanding for u in healthy)
         tied = [u for u in healthy if u.outstanding == least]
+        choice = tied[self.turn % len(tied)]
         self.turn += 1
-        return tied[self.turn % len(tied)]
+        return choice
 
     def status(self) -> dict[str, Any]:
         info: dict[str, Any] = {

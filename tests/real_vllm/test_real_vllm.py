@@ -184,7 +184,9 @@ def test_launched_vllm_keeps_idle_connections_past_its_default_5_s(live: LiveGat
     conn = http.client.HTTPConnection(url.host, url.port, timeout=10)
     try:
         conn.request("GET", "/health")
-        assert conn.getresponse().read() is not None
+        first = conn.getresponse()
+        first.read()  # the whole response, so the connection is free for the next request
+        assert first.status == 200
         local = conn.sock.getsockname()
         time.sleep(6.5)
         conn.request("GET", "/health")  # on the same socket: vLLM has not closed it
