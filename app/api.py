@@ -10,10 +10,10 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route, WebSocketRoute
 
-from app import __version__
-from app.errors import GatewayError, error_body
-from app.proxy import Proxy
-from app.realtime import PATH as REALTIME_PATH, RealtimeEndpoint
+from . import __version__
+from .errors import GatewayError, error_body
+from .proxy import Proxy
+from .realtime import PATH as REALTIME_PATH, RealtimeEndpoint
 
 # Every vLLM route whose JSON body carries `model` (vLLM reference, section 1.2).
 JSON_MODEL_ROUTES = (

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from typing import Any
 
-from app.errors import Unauthorized
+from .errors import Unauthorized
 
 _OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/openapi.json"})
 
@@ -42,7 +42,7 @@ class ApiKeyMiddleware:
         if allowed is None or _matches(_bearer(scope["headers"]), allowed):
             await self.app(scope, receive, send)
             return
-        from app.errors import send_error
+        from .errors import send_error
 
         error = Unauthorized(
             "missing or wrong API key: send it as `Authorization: Bearer <key>` (the OpenAI SDK's api_key)",

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 
 def header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:

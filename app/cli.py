@@ -10,8 +10,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from app import __version__
-from app.settings import KEEP_ALIVE_ENV, VLLM_KEEP_ALIVE, ConfigError, Settings, load_settings
+from . import __version__
+from .settings import KEEP_ALIVE_ENV, VLLM_KEEP_ALIVE, ConfigError, Settings, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +79,7 @@ def _configure_logging(level: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app import serving
+    from . import serving
 
     settings = load_settings(args.config, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     _configure_logging(settings.log_level)
@@ -97,8 +97,8 @@ def _serve(args: argparse.Namespace) -> int:
         **serving.fast_options(settings.access_log),
     )
     if settings.workers == 1:
-        from app.gateway import create_app
-        from app.metrics.multiprocess import clear_chosen_dir
+        from .gateway import create_app
+        from .metrics.multiprocess import clear_chosen_dir
 
         clear_chosen_dir()  # before the app's metrics exist: no counts from an earlier run
         app = create_app(settings)
@@ -116,10 +116,10 @@ def _serve(args: argparse.Namespace) -> int:
     for key, value in (("HOST", args.host), ("PORT", args.port), ("LOG_LEVEL", args.log_level)):
         if value is not None:
             os.environ[f"GATEWAY_{key}"] = str(value)
-    from app.metrics.multiprocess import worker_metrics_dir
+    from .metrics.multiprocess import worker_metrics_dir
 
     with worker_metrics_dir():  # before the workers import prometheus_client
-        serving.run_workers("app.gateway:app_from_environment", settings.workers, **options)
+        serving.run_workers("vllm_gateway.gateway:app_from_environment", settings.workers, **options)
     return 0
 
 
@@ -156,7 +156,7 @@ def routing_table(settings: Settings) -> str:
             lines.append(f"    aliases: {', '.join(backend.aliases)} (sent upstream as {target})")
         if backend.launch:
             share = backend.launch.gpu_memory_utilization
-            from app.launch import command_line  # the exact argv `serve` will run
+            from .launch import command_line  # the exact argv `serve` will run
 
             lines.append(f"    launch:  {shlex.join(command_line(backend))}"
                          + (f" (gpu_memory_utilization {share:g})" if share is not None else ""))
@@ -175,9 +175,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 async def _run_demo(host: str, port: int) -> None:
-    from app.gateway import create_app
-    from app.serving import bind, serve_together, server
-    from app.simulator import CHAT, EMBEDDING, Simulator, SimulatorConfig
+    from .gateway import create_app
+    from .serving import bind, serve_together, server
+    from .simulator import CHAT, EMBEDDING, Simulator, SimulatorConfig
 
     chat_sock, embed_sock = bind("127.0.0.1", 0), bind("127.0.0.1", 0)
     chat_url = f"http://127.0.0.1:{chat_sock.getsockname()[1]}"
@@ -229,7 +229,7 @@ Press Ctrl-C to stop.
 def _simulate(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.simulator import Simulator, SimulatorConfig
+    from .simulator import Simulator, SimulatorConfig
 
     _configure_logging("info")
     args.model = args.served_model_name or args.model

@@ -29,7 +29,7 @@ try:
     from uvicorn.protocols.http.flow_control import FlowControl
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    from app.lean_cycle import LeanCycle
+    from .lean_cycle import LeanCycle
 except ImportError:  # httptools missing: app.serving falls back to h11 and says so
     HttpToolsProtocol = LeanCycle = None
 

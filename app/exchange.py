@@ -22,9 +22,9 @@ import httpx
 import orjson
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_random_exponential
 
-from app import body as bodies
-from app.affinity import RESPONSE_ID, Holder, id_in_stream
-from app.errors import (
+from . import body as bodies
+from .affinity import RESPONSE_ID, Holder, id_in_stream
+from .errors import (
     BadGateway,
     GatewayError,
     GatewayTimeout,
@@ -33,12 +33,12 @@ from app.errors import (
     send_error,
     sse_error_event,
 )
-from app.registry import Backend, Upstream
-from app.downstream import forget_client_lost, on_client_lost, open_pipe
-from app.transport import LeanTransport, Reply
+from .registry import Backend, Upstream
+from .downstream import forget_client_lost, on_client_lost, open_pipe
+from .transport import LeanTransport, Reply
 
 if TYPE_CHECKING:
-    from app.proxy import Proxy
+    from .proxy import Proxy
 
 # Never forwarded in either direction (RFC 9110 7.6.1), plus headers the gateway sets itself.
 _HOP_BY_HOP = frozenset({

@@ -16,14 +16,14 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 from fastapi import FastAPI
 
-from app import __version__
-from app.api import GatewayApp, add_error_handlers, add_routes
-from app.metrics import GatewayMetrics
-from app.metrics.page import MetricsPage
-from app.proxy import Proxy
-from app.registry import Registry
-from app.settings import Settings, load_settings
-from app.supervisor import Supervisor, launched_any
+from . import __version__
+from .api import GatewayApp, add_error_handlers, add_routes
+from .metrics import GatewayMetrics
+from .metrics.page import MetricsPage
+from .proxy import Proxy
+from .registry import Registry
+from .settings import Settings, load_settings
+from .supervisor import Supervisor, launched_any
 
 log = logging.getLogger("vllm_gateway")
 
@@ -97,12 +97,12 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     keys = [key.get_secret_value() for key in settings.api_keys]
     metrics_key = settings.metrics_api_key.get_secret_value() if settings.metrics_api_key else None
     if keys or metrics_key:
-        from app.auth import ApiKeyMiddleware
+        from .auth import ApiKeyMiddleware
 
         app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_key=metrics_key)
     if not settings.cors.allow_origins:  # CORS must see every request: then no shortcut
         if keys:
-            from app.auth import ApiKeyMiddleware
+            from .auth import ApiKeyMiddleware
 
             app.fast_routes = {p: ApiKeyMiddleware(e, keys=keys, metrics_key=None) for p, e in model_endpoints.items()}
         else:
@@ -131,7 +131,7 @@ def _on_exit_signal(callback: Callable[[], None]) -> None:
 
 def app_from_environment() -> FastAPI:
     """Factory for `uvicorn --factory` and multi-worker serving: settings from GATEWAY_*."""
-    from app.serving import tune_gc
+    from .serving import tune_gc
 
     app = create_app(load_settings())
     tune_gc()  # this process serves until it exits

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from app.settings import KEEP_ALIVE_ENV, BackendConfig
+from .settings import KEEP_ALIVE_ENV, BackendConfig
 
 PLACEHOLDERS = ("{model}", "{host}", "{port}", "{name}")
 _CHUNK = 65536

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from app.errors import TooManyRequests
+from .errors import TooManyRequests
 
 
 class ConcurrencyLimit:

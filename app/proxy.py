@@ -17,16 +17,16 @@ from typing import Any
 import httpx
 import orjson
 
-from app import body as bodies
-from app.affinity import RESPONSE_ID, Holder, ResponseAffinity
-from app.deadline import Deadlines
-from app.errors import (BadRequest, GatewayError, MethodNotAllowed, ModelNotFound, ResponseNotFound,
+from . import body as bodies
+from .affinity import RESPONSE_ID, Holder, ResponseAffinity
+from .deadline import Deadlines
+from .errors import (BadRequest, GatewayError, MethodNotAllowed, ModelNotFound, ResponseNotFound,
                         ServiceUnavailable, send_error)
-from app.exchange import Exchange, refusal
-from app.metrics import GatewayMetrics
-from app.metrics.gateway import NO_BACKEND, UNKNOWN_MODEL
-from app.registry import Backend, Registry, Route, Upstream
-from app.settings import Settings
+from .exchange import Exchange, refusal
+from .metrics import GatewayMetrics
+from .metrics.gateway import NO_BACKEND, UNKNOWN_MODEL
+from .registry import Backend, Registry, Route, Upstream
+from .settings import Settings
 
 log = logging.getLogger("vllm_gateway.proxy")
 RESPONSES = "/v1/responses"

@@ -36,14 +36,14 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from app.errors import (BadGateway, BadRequest, GatewayError, ModelNotFound, PayloadTooLarge,
+from .errors import (BadGateway, BadRequest, GatewayError, ModelNotFound, PayloadTooLarge,
                         ServiceUnavailable)
-from app.exchange import CLIENT_CLOSED, refusal, unavailable
-from app.metrics.gateway import NO_BACKEND, UNKNOWN_MODEL, GatewayMetrics
-from app.registry import Backend, Registry, Route, Upstream
+from .exchange import CLIENT_CLOSED, refusal, unavailable
+from .metrics.gateway import NO_BACKEND, UNKNOWN_MODEL, GatewayMetrics
+from .registry import Backend, Registry, Route, Upstream
 
 if TYPE_CHECKING:
-    from app.proxy import Proxy
+    from .proxy import Proxy
 
 log = logging.getLogger("vllm_gateway.realtime")
 

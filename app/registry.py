@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import orjson
 
-from app.breaker import CircuitBreaker
-from app.limits import ConcurrencyLimit
-from app.settings import BackendConfig, Settings, Timeouts
-from app.transport import LeanTransport
+from .breaker import CircuitBreaker
+from .limits import ConcurrencyLimit
+from .settings import BackendConfig, Settings, Timeouts
+from .transport import LeanTransport
 
 log = logging.getLogger("vllm_gateway.registry")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from app.downstream import GatewayHttpToolsProtocol
+from .downstream import GatewayHttpToolsProtocol
 
 log = logging.getLogger("vllm_gateway.serving")
 

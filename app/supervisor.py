@@ -29,9 +29,9 @@ from typing import IO
 
 import httpx
 
-from app import launch
-from app.metrics import GatewayMetrics
-from app.registry import FAILED, READY, RESTARTING, STARTING, STOPPED, Backend, Registry, health_error
+from . import launch
+from .metrics import GatewayMetrics
+from .registry import FAILED, READY, RESTARTING, STARTING, STOPPED, Backend, Registry, health_error
 
 log = logging.getLogger("vllm_gateway.supervisor")
 EXIT_OUTPUT_GRACE = 0.2  # seconds for a dead process's last output to pass through the relay

@@ -115,7 +115,7 @@ class Bench:
             # dependencies (e.g. a Python 3.12 virtual environment).
             tree, _, python = prototype[len("tree:"):].partition("@")
             command = [python or sys.executable, "-c", f"import sys; sys.path.insert(0, {tree!r}); "
-                       "from app.cli import main; sys.exit(main())"]
+                       "from vllm_gateway.cli import main; sys.exit(main())"]
         elif prototype:
             raise SystemExit(f"--prototype takes tree:DIR or tree:DIR@PYTHON, not {prototype!r}")
         else:

@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 
-from app.gateway import create_app
-from app.serving import bind, server
-from app.settings import Settings
-from app.simulator import CHAT, EMBEDDING, Simulator, SimulatorConfig
+from vllm_gateway.gateway import create_app
+from vllm_gateway.serving import bind, server
+from vllm_gateway.settings import Settings
+from vllm_gateway.simulator import CHAT, EMBEDDING, Simulator, SimulatorConfig
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Metrics: the gateway's own families, and (in `merge`) the backends' pages folded into one."""
 
-from app.metrics.gateway import GatewayMetrics, RequestMetrics
+from .gateway import GatewayMetrics, RequestMetrics
 
 __all__ = ["GatewayMetrics", "RequestMetrics"]

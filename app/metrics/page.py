@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 import httpx
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
-from app.metrics.gateway import GatewayMetrics
-from app.metrics.merge import PageMerger, label_text
-from app.registry import READY, UNKNOWN, Backend, Registry, Upstream
+from .gateway import GatewayMetrics
+from .merge import PageMerger, label_text
+from ..registry import READY, UNKNOWN, Backend, Registry, Upstream
 
 log = logging.getLogger("vllm_gateway.metrics")
 

@@ -1,5 +1,5 @@
 """A vLLM-compatible server for the demo and the tests (no GPU, no model weights)."""
 
-from app.simulator.server import CHAT, EMBEDDING, Simulator, SimulatorConfig, SimulatorState
+from .server import CHAT, EMBEDDING, Simulator, SimulatorConfig, SimulatorState
 
 __all__ = ["CHAT", "EMBEDDING", "Simulator", "SimulatorConfig", "SimulatorState"]

@@ -14,7 +14,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from app.settings import ConfigError, load_settings
+from vllm_gateway.settings import ConfigError, load_settings
 
 DEFAULT_CONFIG = os.environ.get("DEFAULT_GATEWAY_CONFIG", "/etc/vllm-gateway/gateway.yaml")
 

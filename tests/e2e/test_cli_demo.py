@@ -41,11 +41,11 @@ def refuses(url: str) -> bool:
 
 
 class Process:
-    """A `python -m app ...` child whose output is collected by a reader thread."""
+    """A `python -m vllm_gateway ...` child whose output is collected by a reader thread."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("GATEWAY_")}
-        self.popen = subprocess.Popen([sys.executable, "-m", "app", *args], cwd=ROOT, env={**clean, **(env or {})},
+        self.popen = subprocess.Popen([sys.executable, "-m", "vllm_gateway", *args], cwd=ROOT, env={**clean, **(env or {})},
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -132,7 +132,7 @@ def test_demo_on_a_busy_port_says_so() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "app", "demo", "--port", str(port)], cwd=ROOT,
+        result = subprocess.run([sys.executable, "-m", "vllm_gateway", "demo", "--port", str(port)], cwd=ROOT,
                                 capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr

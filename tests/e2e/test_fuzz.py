@@ -9,8 +9,8 @@ Thousands of malformed bodies, content types, headers, methods, paths and raw re
   than the model routes and the gateway's own probes (no open proxy, no path tricks);
 - afterwards the gateway still serves normal requests (official SDK: chat, stream, embeddings).
 
-The gateway runs as `python -m app serve` (the production path) and the simulators as
-`python -m app simulate`, started by `tests/load/processes.py`: a crash is a dead process, and
+The gateway runs as `python -m vllm_gateway serve` (the production path) and the simulators as
+`python -m vllm_gateway simulate`, started by `tests/load/processes.py`: a crash is a dead process, and
 an error is a line in its log. Example counts (3,000 in all) are bounded so the module runs in
 about 30 s; `GATEWAY_FUZZ_SCALE=10` multiplies them for a longer run by hand.
 """
@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from openai import OpenAI
 
-from app.api import JSON_MODEL_ROUTES, MULTIPART_MODEL_ROUTES
+from vllm_gateway.api import JSON_MODEL_ROUTES, MULTIPART_MODEL_ROUTES
 from tests.load import rawhttp
 from tests.load.processes import Service, gateway_process, sim_stats, simulator_process
 

@@ -18,7 +18,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from app.simulator import shapes
+from vllm_gateway.simulator import shapes
 from tests.servers import CHAT, EMBEDDING, Running, gateway, running, simulator, wait_for
 
 BACKEND_KEY = "backend-secret-42"

@@ -1,6 +1,6 @@
 """The gateway launching its backends: simulated vLLM servers as real child processes.
 
-Each backend is `python -m app simulate`, started by the gateway's supervisor exactly as it starts
+Each backend is `python -m vllm_gateway simulate`, started by the gateway's supervisor exactly as it starts
 vLLM (same flags, own process group, output relayed). A small wrapper in front of the simulator
 can delay its start-up or record, at the moment it starts, whether the previous backend already
 answered /health: that is how the start order is checked.
@@ -22,8 +22,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from app.gateway import create_app
-from app.launch import group_alive, signal_group
+from vllm_gateway.gateway import create_app
+from vllm_gateway.launch import group_alive, signal_group
 from tests.servers import gateway_settings, running, wait_for
 
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -60,7 +60,7 @@ def free_port() -> int:
 def sim_backend(name: str, model: str, *, kind: str = "chat", before: list[str] | None = None,
                 wrapper: Path | None = None, **launch: Any) -> dict[str, Any]:
     """A backend whose process is a simulator, optionally behind the wrapper."""
-    command = [PY, "-m", "app", "simulate", "--kind", kind, "--model", "{model}"]
+    command = [PY, "-m", "vllm_gateway", "simulate", "--kind", kind, "--model", "{model}"]
     if before:
         assert wrapper is not None
         command = [PY, str(wrapper), *before, "--", *command]
@@ -273,7 +273,7 @@ def _serve(tmp_path: Path, *backends: dict[str, Any]) -> tuple[subprocess.Popen,
     config, port = _config(tmp_path, *backends)
     log = tmp_path / "gateway.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([PY, "-m", "app", "serve", "--config", str(config)], cwd=ROOT,
+        proc = subprocess.Popen([PY, "-m", "vllm_gateway", "serve", "--config", str(config)], cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, f"http://127.0.0.1:{port}", log
 
@@ -322,7 +322,7 @@ def test_a_gateway_killed_outright_takes_its_backends_down(tmp_path: Path) -> No
 
 def test_serve_refuses_several_workers_with_launched_backends(tmp_path: Path) -> None:
     config, _ = _config(tmp_path, sim_backend("chat", "sim-chat"))
-    done = subprocess.run([PY, "-m", "app", "serve", "--config", str(config), "--workers", "2"], cwd=ROOT,
+    done = subprocess.run([PY, "-m", "vllm_gateway", "serve", "--config", str(config), "--workers", "2"], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "workers: 2 gateway workers cannot launch backends (`launch:` in chat)" in done.stderr

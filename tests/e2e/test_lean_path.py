@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from app.gateway import create_app
+from vllm_gateway.gateway import create_app
 from tests.garbage import cyclic_garbage
 from tests.servers import CHAT, EMBEDDING, gateway, gateway_settings, running, simulator, wait_for
 

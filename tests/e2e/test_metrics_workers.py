@@ -32,7 +32,7 @@ def free_port() -> int:
 def stale_counts(directory: Path) -> None:
     """What an earlier run that was killed leaves behind: 1000 chat requests in a worker file."""
     code = textwrap.dedent("""
-        from app.metrics import GatewayMetrics
+        from vllm_gateway.metrics import GatewayMetrics
         GatewayMetrics().requests.labels("sim-chat", "chat", "/v1/chat/completions", "200").inc(1000)
     """)
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory), "PYTHONPATH": str(ROOT)}

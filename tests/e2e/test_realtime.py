@@ -21,7 +21,7 @@ from openai import OpenAI
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from app.gateway import create_app
+from vllm_gateway.gateway import create_app
 from tests.servers import Running, gateway, gateway_settings, running, sim_stats, simulator, wait_for
 
 # The openai SDK's sync realtime client drives `websockets` in a way websockets 17 deprecates.

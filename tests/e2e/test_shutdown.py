@@ -47,7 +47,7 @@ def _serve(tmp_path, backend_url: str, grace: float) -> tuple[subprocess.Popen, 
         "host": "127.0.0.1", "port": port, "shutdown_grace": grace, "log_level": "warning",
         "backends": [{"name": "chat", "url": backend_url}],
     }))
-    process = subprocess.Popen([sys.executable, "-m", "app", "serve", "--config", str(config)],
+    process = subprocess.Popen([sys.executable, "-m", "vllm_gateway", "serve", "--config", str(config)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from app.simulator.shapes import word
+from vllm_gateway.simulator.shapes import word
 from tests.load import rawhttp
 
 

@@ -1,7 +1,7 @@
 """Fixtures for the load tests: real gateway and simulator processes (see `processes.py`).
 
 In-thread servers (tests/servers.py) share the test process's GIL with the load client; here the
-gateway runs as `python -m app serve` and each backend as `python -m app simulate`, so the
+gateway runs as `python -m vllm_gateway serve` and each backend as `python -m vllm_gateway simulate`, so the
 figures are those of one gateway process.
 
 Figures the tests measure are printed (visible with `pytest -s`) and also collected into a

@@ -1,6 +1,6 @@
 """Start the gateway and simulator backends as OS processes, and read what /proc and /metrics say.
 
-Each process is `python -m app ...` from this checkout, with GATEWAY_* variables removed from its
+Each process is `python -m vllm_gateway ...` from this checkout, with GATEWAY_* variables removed from its
 environment (they would override the YAML the test writes), its output in a log file whose tail
 is shown when it fails to start, and SIGTERM (then SIGKILL) when its context ends.
 """
@@ -75,7 +75,7 @@ def _clean_env() -> dict[str, str]:
 @contextlib.contextmanager
 def _process(name: str, args: list[str], port: int, log: Path, ready_path: str = "/health") -> Iterator[Service]:
     handle = log.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app", *args], cwd=REPO, env=_clean_env(), stdout=handle,
+    proc = subprocess.Popen([sys.executable, "-m", "vllm_gateway", *args], cwd=REPO, env=_clean_env(), stdout=handle,
                             stderr=subprocess.STDOUT, preexec_fn=raise_fd_limit)
     service = Service(name, proc, port, log)
     try:

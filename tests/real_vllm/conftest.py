@@ -80,7 +80,7 @@ def _vllm_python() -> str:
 
 def _gateway_command() -> list[str]:
     script = shutil.which("vllm-gateway", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "app"]
+    return [script] if script else [sys.executable, "-m", "vllm_gateway"]
 
 
 def _backend(name: str, model_dir: Path, python: str, core: int, workdir: Path, max_model_len: int = 512) -> dict:

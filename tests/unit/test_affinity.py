@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.affinity import RESPONSE_ID, Holder, ResponseAffinity, id_in_stream
+from vllm_gateway.affinity import RESPONSE_ID, Holder, ResponseAffinity, id_in_stream
 
 
 def test_the_least_recently_used_holder_goes_first_when_full() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.auth import ApiKeyMiddleware
+from vllm_gateway.auth import ApiKeyMiddleware
 
 KEY = "sk-unit"
 

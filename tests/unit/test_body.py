@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import body as bodies
-from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from vllm_gateway import body as bodies
+from vllm_gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 JSON = [(b"content-type", b"application/json")]
 

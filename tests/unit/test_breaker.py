@@ -1,4 +1,4 @@
-from app.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from vllm_gateway.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 
 class Clock:

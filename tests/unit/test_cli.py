@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
+from vllm_gateway.cli import main
 
 GOOD = """
 host: 127.0.0.1
@@ -30,14 +30,14 @@ backends:
 
 
 def command() -> list[str]:
-    """The console script when installed (as `make test` does), else `python -m app`."""
+    """The console script when installed (as `make test` does), else `python -m vllm_gateway`."""
     script = Path(sys.executable).with_name("vllm-gateway")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "app"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "vllm_gateway"]
 
 
 def run(args: list[str], env: dict[str, str] | None = None, module: bool = False) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("GATEWAY_")}
-    base = [sys.executable, "-m", "app"] if module else command()
+    base = [sys.executable, "-m", "vllm_gateway"] if module else command()
     return subprocess.run(base + args, capture_output=True, text=True, timeout=60, env={**clean, **(env or {})},
                           cwd=Path(__file__).resolve().parents[2])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from app.deadline import Deadlines
+from vllm_gateway.deadline import Deadlines
 
 
 async def _sleeper(seconds: float) -> str:

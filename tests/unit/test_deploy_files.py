@@ -31,9 +31,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from app.cli import _parser
-from app.gateway import create_app
-from app.settings import Settings, load_settings
+from vllm_gateway.cli import _parser
+from vllm_gateway.gateway import create_app
+from vllm_gateway.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PORT = Settings().port
@@ -50,7 +50,7 @@ def gateway_get_routes() -> set[str]:
 
 def check_config(path: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`vllm-gateway check-config` in a child process, as a user would run it."""
-    argv = [sys.executable, "-m", "app", "check-config"] + (["--config", str(path)] if path else [])
+    argv = [sys.executable, "-m", "vllm_gateway", "check-config"] + (["--config", str(path)] if path else [])
     base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     return subprocess.run(argv, cwd=ROOT, env={**base, **(env or {})}, capture_output=True, text=True, timeout=60)
 

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 from uvicorn.protocols.http.flow_control import FlowControl
 
-from app import downstream
-from app.lean_cycle import LeanCycle
+from vllm_gateway import downstream
+from vllm_gateway.lean_cycle import LeanCycle
 
 
 class FakeTransport:

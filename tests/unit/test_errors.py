@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from app import errors
+from vllm_gateway import errors
 
 
 @pytest.mark.parametrize(("cls", "status", "type_", "code"), [

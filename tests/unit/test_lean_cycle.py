@@ -9,8 +9,8 @@ import logging
 import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
 
-from app.downstream import _HeadHoldingTransport
-from app.lean_cycle import LeanCycle
+from vllm_gateway.downstream import _HeadHoldingTransport
+from vllm_gateway.lean_cycle import LeanCycle
 
 DATE = [(b"date", b"Sun, 22 Nov 2026 20:00:00 GMT")]
 

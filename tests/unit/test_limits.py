@@ -2,8 +2,8 @@ import asyncio
 
 import pytest
 
-from app.errors import TooManyRequests
-from app.limits import ConcurrencyLimit
+from vllm_gateway.errors import TooManyRequests
+from vllm_gateway.limits import ConcurrencyLimit
 
 
 def run(coro):

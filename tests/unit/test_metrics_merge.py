@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.metrics.merge import PageMerger, label_text, merge_pages
+from vllm_gateway.metrics.merge import PageMerger, label_text, merge_pages
 
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-samples"
 

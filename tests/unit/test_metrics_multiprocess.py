@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.metrics.multiprocess import ENV, clear_chosen_dir, worker_metrics_dir
+from vllm_gateway.metrics.multiprocess import ENV, clear_chosen_dir, worker_metrics_dir
 from tests.unit.test_metrics_merge import promtool_findings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ def _in_process(directory: Path, code: str) -> str:
 
 def test_workers_counts_are_summed_and_a_released_workers_in_flight_is_dropped(tmp_path):
     worker = """
-        from app.metrics import GatewayMetrics
+        from vllm_gateway.metrics import GatewayMetrics
         m = GatewayMetrics()
         m.declare_backends(["chat"])
         r = m.for_request("sim-chat", "chat", "/v1/chat/completions")
@@ -71,7 +71,7 @@ def test_workers_counts_are_summed_and_a_released_workers_in_flight_is_dropped(t
     # but only a release says so: uvicorn restarts crashed workers without telling prometheus-client)
     page = _in_process(tmp_path, """
         import sys
-        from app.metrics import GatewayMetrics
+        from vllm_gateway.metrics import GatewayMetrics
         sys.stdout.write(GatewayMetrics().exposition().decode())
     """)
     families = {f.name: f.samples for f in text_string_to_metric_families(page)}

@@ -14,10 +14,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.metrics import GatewayMetrics
-from app.metrics.page import CONTENT_TYPE, MetricsPage, _replica
-from app.registry import READY, UNHEALTHY, Registry
-from app.settings import Settings
+from vllm_gateway.metrics import GatewayMetrics
+from vllm_gateway.metrics.page import CONTENT_TYPE, MetricsPage, _replica
+from vllm_gateway.registry import READY, UNHEALTHY, Registry
+from vllm_gateway.settings import Settings
 from tests.unit.test_metrics_merge import promtool_findings
 
 

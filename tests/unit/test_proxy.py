@@ -18,9 +18,9 @@ import httpx
 import orjson
 import pytest
 
-from app.api import JSON_MODEL_ROUTES, MULTIPART_MODEL_ROUTES
-from app.gateway import create_app
-from app.settings import Settings
+from vllm_gateway.api import JSON_MODEL_ROUTES, MULTIPART_MODEL_ROUTES
+from vllm_gateway.gateway import create_app
+from vllm_gateway.settings import Settings
 
 CHAT = {"name": "chat", "url": "http://chat-host:8000", "models": ["org/chat-model"], "aliases": ["gpt-4o-mini"],
         "api_key": "backend-key-123"}

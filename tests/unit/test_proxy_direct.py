@@ -11,8 +11,8 @@ import httpx
 import orjson
 import pytest
 
-from app.gateway import create_app
-from app.settings import Settings
+from vllm_gateway.gateway import create_app
+from vllm_gateway.settings import Settings
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 HEAD_ONLY = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"partial\":"

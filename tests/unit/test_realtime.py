@@ -9,12 +9,12 @@ import socket
 
 import pytest
 
-from app.errors import BadGateway, BadRequest, ModelNotFound, PayloadTooLarge, ServiceUnavailable
-from app.metrics import GatewayMetrics
-from app.realtime import (MAX_HELD_BYTES, MAX_HELD_MESSAGES, Opening, RealtimeEndpoint, backend_headers, close_code,
+from vllm_gateway.errors import BadGateway, BadRequest, ModelNotFound, PayloadTooLarge, ServiceUnavailable
+from vllm_gateway.metrics import GatewayMetrics
+from vllm_gateway.realtime import (MAX_HELD_BYTES, MAX_HELD_MESSAGES, Opening, RealtimeEndpoint, backend_headers, close_code,
                           error_event, passable, resolve, session_created, websocket_url)
-from app.registry import Registry
-from app.settings import Settings
+from vllm_gateway.registry import Registry
+from vllm_gateway.settings import Settings
 
 
 def text(event: dict) -> dict:

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.registry import FAILED, READY, STARTING, UNHEALTHY, UNKNOWN, Registry, make_upstream
-from app.settings import Settings
+from vllm_gateway.registry import FAILED, READY, STARTING, UNHEALTHY, UNKNOWN, Registry, make_upstream
+from vllm_gateway.settings import Settings
 
 CARD_FIELDS = ["id", "object", "created", "owned_by", "root", "parent", "max_model_len"]
 

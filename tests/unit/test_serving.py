@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 
-from app import downstream, serving
+from vllm_gateway import downstream, serving
 
 
 def test_fast_options_name_uvloop_and_the_gateway_protocol_and_survive_pickling() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import ConfigError, Settings, load_settings
+from vllm_gateway.settings import ConfigError, Settings, load_settings
 
 BASE = """
 port: 9000

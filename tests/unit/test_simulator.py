@@ -18,8 +18,8 @@ import httpx
 import orjson
 import pytest
 
-from app.simulator import CHAT, EMBEDDING, Simulator, SimulatorConfig
-from app.simulator import shapes
+from vllm_gateway.simulator import CHAT, EMBEDDING, Simulator, SimulatorConfig
+from vllm_gateway.simulator import shapes
 
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-samples"
 

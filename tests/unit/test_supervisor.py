@@ -22,12 +22,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app import launch
-from app.cli import main as cli_main
-from app.metrics import GatewayMetrics
-from app.registry import FAILED, READY, RESTARTING, STARTING, STOPPED, UNHEALTHY, Registry
-from app.settings import ConfigError, Settings, load_settings
-from app.supervisor import Supervisor, backoff, count_failure, describe_exit, gives_up, unhealthy_too_long
+from vllm_gateway import launch
+from vllm_gateway.cli import main as cli_main
+from vllm_gateway.metrics import GatewayMetrics
+from vllm_gateway.registry import FAILED, READY, RESTARTING, STARTING, STOPPED, UNHEALTHY, Registry
+from vllm_gateway.settings import ConfigError, Settings, load_settings
+from vllm_gateway.supervisor import Supervisor, backoff, count_failure, describe_exit, gives_up, unhealthy_too_long
 from tests.servers import running, simulator
 
 PY = sys.executable
@@ -450,7 +450,7 @@ def test_max_restarts_gives_up_leaving_the_backend_failed_with_what_to_do() -> N
 
 
 def _sim_command() -> dict:
-    return {"command": [PY, "-m", "app", "simulate", "--model", "{model}"], "env": {"PYTHONPATH": ROOT}}
+    return {"command": [PY, "-m", "vllm_gateway", "simulate", "--model", "{model}"], "env": {"PYTHONPATH": ROOT}}
 
 
 def test_a_ready_process_whose_health_checks_keep_failing_is_ended_and_restarted() -> None:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from app.transport import LeanTransport
+from vllm_gateway.transport import LeanTransport
 from tests.garbage import cyclic_garbage
 
 Answer = Callable[[int, bytes, asyncio.StreamWriter], Awaitable[None]]
@@ -268,4 +268,4 @@ def test_a_closed_connection_leaves_nothing_for_the_cyclic_collector() -> None:
             await asyncio.sleep(0.05)  # the closes reach connection_lost
             assert server.connections == 3
 
-    assert cyclic_garbage(lambda: run(scenario))["app.transport.Reply"] == 0
+    assert cyclic_garbage(lambda: run(scenario))["vllm_gateway.transport.Reply"] == 0
