@@ -77,25 +77,15 @@ def _configure_logging(level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from . import serving
+    from .http import serving
 
     settings = load_settings(args.config, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     _configure_logging(settings.log_level)
     _raise_open_file_limit()
     for note in settings.warnings():
         logging.getLogger("vllm_gateway").warning(note)
-    options = dict(
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=settings.shutdown_grace,
-        timeout_keep_alive=5,
-        backlog=4096,
-        **serving.fast_options(settings.access_log),
-    )
+    options = serving.options(fast_path=settings.fast_path, access_log=settings.access_log,
+                              log_level=settings.log_level.lower(), graceful=settings.shutdown_grace)
     if settings.workers == 1:
         from .gateway import create_app
         from .metrics.multiprocess import clear_chosen_dir
@@ -104,7 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
         app = create_app(settings)
         serving.tune_gc()
         try:
-            uvicorn.run(app, **options)
+            serving.run(app, settings.host, settings.port, **options)
         finally:
             # uvicorn skips the app's shutdown on a forced exit (a second Ctrl-C): end what is left.
             if app.state.supervisor is not None:
@@ -119,7 +109,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .metrics.multiprocess import worker_metrics_dir
 
     with worker_metrics_dir():  # before the workers import prometheus_client
-        serving.run_workers("vllm_gateway.gateway:app_from_environment", settings.workers, **options)
+        serving.run_workers("vllm_gateway.gateway:app_from_environment", settings.workers, settings.host,
+                            settings.port, **options)
     return 0
 
 
@@ -156,7 +147,7 @@ def routing_table(settings: Settings) -> str:
             lines.append(f"    aliases: {', '.join(backend.aliases)} (sent upstream as {target})")
         if backend.launch:
             share = backend.launch.gpu_memory_utilization
-            from .launch import command_line  # the exact argv `serve` will run
+            from .supervise.process import command_line  # the exact argv `serve` will run
 
             lines.append(f"    launch:  {shlex.join(command_line(backend))}"
                          + (f" (gpu_memory_utilization {share:g})" if share is not None else ""))
@@ -176,7 +167,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 async def _run_demo(host: str, port: int) -> None:
     from .gateway import create_app
-    from .serving import bind, serve_together, server
+    from .http.serving import bind, serve_together, server
     from .simulator import CHAT, EMBEDDING, Simulator, SimulatorConfig
 
     chat_sock, embed_sock = bind("127.0.0.1", 0), bind("127.0.0.1", 0)
@@ -201,7 +192,7 @@ async def _run_demo(host: str, port: int) -> None:
     await serve_together([
         (server(chat), chat_sock),
         (server(embed), embed_sock),
-        (server(create_app(settings), log_level="info"), gateway_sock),
+        (server(create_app(settings), log_level="info", fast_path=settings.fast_path), gateway_sock),
     ])
 
 
@@ -227,8 +218,7 @@ Press Ctrl-C to stop.
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from .http import serving
     from .simulator import Simulator, SimulatorConfig
 
     _configure_logging("info")
@@ -238,6 +228,6 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"simulated vLLM server ({args.kind}) serving {', '.join(args.model)} on http://{args.host}:{args.port}", flush=True)
     # Like vLLM: idle connections are closed after VLLM_HTTP_TIMEOUT_KEEP_ALIVE seconds (default 5).
     keep_alive = int(os.environ.get(KEEP_ALIVE_ENV, VLLM_KEEP_ALIVE))
-    uvicorn.run(Simulator(config), host=args.host, port=args.port, log_level="warning", access_log=False,
+    serving.run(Simulator(config), args.host, args.port, log_level="warning", access_log=False,
                 timeout_keep_alive=keep_alive)
     return 0

@@ -11,6 +11,10 @@ from typing import Any
 import orjson
 
 
+class ClientGone(Exception):
+    """The client left before its request reached a backend (HTTP body unread, WebSocket closed)."""
+
+
 class GatewayError(Exception):
     """A failure answered by the gateway itself (never by a backend)."""
 
@@ -46,10 +50,6 @@ class BadRequest(GatewayError):
 
 class Unauthorized(GatewayError):
     status, type, code = 401, "authentication_error", "invalid_api_key"
-
-
-class NotFound(GatewayError):
-    status, type, code = 404, "invalid_request_error", "not_found"
 
 
 class ModelNotFound(GatewayError):

@@ -12,18 +12,27 @@ import logging
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
 
 from . import __version__
-from .api import GatewayApp, add_error_handlers, add_routes
+from .api.app import GatewayApp, add_error_handlers
+from .api.auth import ApiKeyMiddleware
+from .api.model_routes import add_model_routes
+from .api.routes import add_routes
+from .forwarding.context import ForwardingContext
+from .forwarding.failures import KINDS
+from .forwarding.forwarder import Forwarder
+from .forwarding.realtime import RealtimeEndpoint
 from .metrics import GatewayMetrics
 from .metrics.page import MetricsPage
-from .proxy import Proxy
-from .registry import Registry
+from .routing.discovery import ModelDiscovery
+from .routing.health import HealthMonitor
+from .routing.registry import Registry
 from .settings import Settings, load_settings
-from .supervisor import Supervisor, launched_any
+from .supervise.supervisor import Supervisor
 
 log = logging.getLogger("vllm_gateway")
 
@@ -32,9 +41,12 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     """Build a gateway. `transport` replaces the network for every backend client (tests)."""
     registry = Registry(settings, transport)
     metrics = GatewayMetrics()
-    metrics.declare_backends(list(registry.backends))
-    proxy = Proxy(registry, metrics, settings)
-    supervisor = Supervisor(registry, metrics) if launched_any(registry) else None
+    metrics.declare_backends(list(registry.backends), KINDS)
+    ctx = ForwardingContext(settings, metrics)
+    forwarder = Forwarder(registry, ctx)
+    discovery = ModelDiscovery(registry)
+    health = HealthMonitor(registry, discovery, settings)
+    supervisor = Supervisor(registry, discovery, metrics) if registry.launched else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,8 +57,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             # Launched backends start in the background: /health answers while they load.
             if supervisor is not None:
                 supervisor.start()
-            await registry.check_all()  # a backend found ready has its models listed right then
-            monitor = asyncio.create_task(registry.monitor(), name="backend-monitor")
+            await health.check_all()  # a backend found ready has its models listed right then
+            monitor = asyncio.create_task(health.run(), name="backend-monitor")
             yield
         finally:
             app.state.shutting_down = True
@@ -67,28 +79,39 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         redoc_url=None,
         redirect_slashes=False,  # a redirect would point at whatever Host the client sent
     )
-    app.state.settings = settings
-    app.state.registry = registry
-    app.state.metrics = metrics
-    app.state.proxy = proxy
-    app.state.supervisor = supervisor
-    app.state.metrics_page = MetricsPage(registry, metrics, settings.metrics_scrape_timeout)
-    app.state.shutting_down = False
+    state = app.state
+    state.settings = settings
+    state.registry = registry
+    state.metrics = metrics
+    state.forwarding = ctx
+    state.forwarder = forwarder
+    state.health = health
+    state.discovery = discovery
+    state.supervisor = supervisor
+    state.metrics_page = MetricsPage(registry, metrics, settings.metrics_scrape_timeout)
+    state.shutting_down = False
 
     def begin_shutdown() -> None:
         """/ready turns 503 and new requests are refused; in-flight ones get the grace period."""
-        app.state.shutting_down = True
-        proxy.begin_shutdown()
+        state.shutting_down = True
+        ctx.begin_shutdown()
 
-    app.state.begin_shutdown = begin_shutdown
-    model_endpoints = add_routes(app, proxy)
+    state.begin_shutdown = begin_shutdown
+    model_endpoints = add_model_routes(app, forwarder, RealtimeEndpoint(registry, ctx))
+    add_routes(app)
     add_error_handlers(app)
+    _protect(app, settings, model_endpoints)
+    return app
+
+
+def _protect(app: GatewayApp, settings: Settings, model_endpoints: dict[str, Any]) -> None:
+    """CORS and API keys as middleware; the model routes skip the stack unless CORS must see them."""
     if settings.cors.allow_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         cors = settings.cors
         app.add_middleware(
-            CORSMiddleware,
+            CORSMiddleware,  # type: ignore[arg-type]
             allow_origins=cors.allow_origins,
             allow_methods=cors.allow_methods,
             allow_headers=cors.allow_headers,
@@ -97,17 +120,13 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     keys = [key.get_secret_value() for key in settings.api_keys]
     metrics_key = settings.metrics_api_key.get_secret_value() if settings.metrics_api_key else None
     if keys or metrics_key:
-        from .auth import ApiKeyMiddleware
-
-        app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_key=metrics_key)
-    if not settings.cors.allow_origins:  # CORS must see every request: then no shortcut
-        if keys:
-            from .auth import ApiKeyMiddleware
-
-            app.fast_routes = {p: ApiKeyMiddleware(e, keys=keys, metrics_key=None) for p, e in model_endpoints.items()}
-        else:
-            app.fast_routes = dict(model_endpoints)
-    return app
+        app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_key=metrics_key)  # type: ignore[arg-type]
+    if settings.cors.allow_origins:  # CORS must see every request: then no shortcut
+        return
+    if keys:
+        app.fast_routes = {p: ApiKeyMiddleware(e, keys=keys, metrics_key=None) for p, e in model_endpoints.items()}
+    else:
+        app.fast_routes = dict(model_endpoints)
 
 
 def _on_exit_signal(callback: Callable[[], None]) -> None:
@@ -131,7 +150,7 @@ def _on_exit_signal(callback: Callable[[], None]) -> None:
 
 def app_from_environment() -> FastAPI:
     """Factory for `uvicorn --factory` and multi-worker serving: settings from GATEWAY_*."""
-    from .serving import tune_gc
+    from .http.serving import tune_gc
 
     app = create_app(load_settings())
     tune_gc()  # this process serves until it exits

@@ -227,6 +227,8 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     log_level: str = "info"
     access_log: bool = False
+    # The gateway's own server protocol beneath uvicorn (`http.protocol`); false: stock uvicorn.
+    fast_path: bool = True
     backends: list[BackendConfig] = []
     default_model: str | None = None
     model_refresh_interval: float = Field(30.0, gt=0)

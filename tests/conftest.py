@@ -8,6 +8,12 @@ from tests.servers import CHAT, EMBEDDING, Running, gateway, running, simulator
 
 
 @pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (`@pytest.mark.anyio`) run on asyncio, the loop the gateway serves on."""
+    return "asyncio"
+
+
+@pytest.fixture
 def chat_backend() -> Iterator[Running]:
     with running(simulator(["sim-chat"], CHAT, token_delay=0.0)) as sim:
         yield sim

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from vllm_gateway.gateway import create_app
-from vllm_gateway.serving import bind, server
+from vllm_gateway.http.serving import bind, server
 from vllm_gateway.settings import Settings
 from vllm_gateway.simulator import CHAT, EMBEDDING, Simulator, SimulatorConfig
 
@@ -42,7 +42,9 @@ class Running:
 def running(app: Any, port: int = 0, graceful: float | None = 5, access_log: bool = False) -> Iterator[Running]:
     sock = bind("127.0.0.1", port)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    uv = server(app, graceful=graceful, access_log=access_log)
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    fast_path = settings.fast_path if settings is not None else True  # GATEWAY_FAST_PATH=false: stock uvicorn
+    uv = server(app, graceful=graceful, access_log=access_log, fast_path=fast_path)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(uv.serve(sockets=[sock]),), daemon=True)
     thread.start()

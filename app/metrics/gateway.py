@@ -45,7 +45,6 @@ class RequestMetrics:
         child.inc()
 
 
-
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -113,12 +112,15 @@ class GatewayMetrics:
     def scrape_error(self, backend: str) -> None:
         self.backend_scrape_errors.labels(backend).inc()
 
-    def declare_backends(self, names: list[str]) -> None:
-        """Create every per-backend series at start-up, so dashboards see zeros rather than gaps."""
+    def declare_backends(self, names: list[str], error_kinds: tuple[str, ...] = ()) -> None:
+        """Create every per-backend series at start-up, so dashboards see zeros rather than gaps
+        (and error-ratio alerts can fire on a fresh gateway)."""
         for name in names:
             self.backend_up.labels(name).set(0)
             self.backend_restarts.labels(name)
             self.backend_scrape_errors.labels(name)
+            for kind in error_kinds:
+                self._errors[(name, kind)] = self.upstream_errors.labels(name, kind)
 
     def exposition(self) -> bytes:
         """The gateway's own families in the text format, summed over workers when there are several."""

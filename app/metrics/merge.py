@@ -166,11 +166,3 @@ def _rename_ours(match: re.Match[str]) -> str:
     if match.group(1) in _OURS:
         return f"exported_{match.group(0)}"
     return match.group(0)
-
-
-def merge_pages(pages: list[tuple[str, str]]) -> str:
-    """Merge `(page text, labels)` pairs into one exposition text (empty when nothing is kept)."""
-    merger = PageMerger()
-    for page, labels in pages:
-        merger.add(page, labels)
-    return merger.text()

@@ -21,7 +21,9 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
 from .gateway import GatewayMetrics
 from .merge import PageMerger, label_text
-from ..registry import READY, UNKNOWN, Backend, Registry, Upstream
+from ..routing.backend import Backend, Upstream
+from ..routing.registry import Registry
+from ..routing.state import READY, UNKNOWN
 
 log = logging.getLogger("vllm_gateway.metrics")
 

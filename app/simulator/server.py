@@ -674,7 +674,7 @@ def _header(scope: dict, name: bytes) -> bytes | None:
 
 
 def _form_field(body: bytes, ctype: bytes, name: bytes) -> str | None:
-    from ..body import find_form_field, multipart_boundary
+    from ..forwarding.request_body import find_form_field, multipart_boundary
 
     span = find_form_field(body, multipart_boundary([(b"content-type", ctype)]), name)
     return body[span[0]:span[1]].decode() if span else None

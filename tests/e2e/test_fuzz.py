@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from openai import OpenAI
 
-from vllm_gateway.api import JSON_MODEL_ROUTES, MULTIPART_MODEL_ROUTES
+from vllm_gateway.api.model_routes import JSON_MODEL_ROUTES, MULTIPART_MODEL_ROUTES
 from tests.load import rawhttp
 from tests.load.processes import Service, gateway_process, sim_stats, simulator_process
 

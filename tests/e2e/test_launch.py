@@ -23,7 +23,7 @@ import pytest
 from openai import OpenAI
 
 from vllm_gateway.gateway import create_app
-from vllm_gateway.launch import group_alive, signal_group
+from vllm_gateway.supervise.process import group_alive, signal_group
 from tests.servers import gateway_settings, running, wait_for
 
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -193,7 +193,7 @@ def test_an_exception_during_start_up_leaves_no_process() -> None:
         seen.append(registry.backends["chat"].pid)
         raise RuntimeError("start-up broke")  # ...when start-up fails
 
-    registry.check_all = broken_first_check
+    app.state.health.check_all = broken_first_check
 
     async def start() -> None:
         async with app.router.lifespan_context(app):

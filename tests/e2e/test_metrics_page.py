@@ -9,7 +9,7 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.servers import CHAT, EMBEDDING, gateway, running, simulator, wait_for
-from tests.unit.test_metrics_merge import promtool_findings
+from tests.promtool import promtool_findings
 
 
 def scrape(url: str) -> str:

@@ -22,7 +22,7 @@ import yaml
 from openai import OpenAI
 
 from tests.servers import CHAT, EMBEDDING, gateway, running, simulator, wait_for
-from tests.unit.test_metrics_deploy import PROMETHEUS, REQUIRED, dashboard_queries, for_prometheus
+from tests.unit.metrics.test_deploy_rules import PROMETHEUS, REQUIRED, dashboard_queries, for_prometheus
 
 POSITIVE = {"request rate per model", "prompt tokens per second per model", "generated tokens per second per model"}
 RATE_INTERVAL = "10s"  # what Grafana's $__rate_interval is at a 1 s scrape interval and a short range

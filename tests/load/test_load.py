@@ -24,7 +24,7 @@ import httpx
 import orjson
 import pytest
 
-from vllm_gateway.serving import bind
+from vllm_gateway.http.serving import bind
 from tests.load import rawhttp
 from tests.load.checks import chat, check_stream
 from tests.load.processes import (

@@ -11,7 +11,6 @@ from vllm_gateway import errors
 @pytest.mark.parametrize(("cls", "status", "type_", "code"), [
     (errors.BadRequest, 400, "invalid_request_error", "invalid_request"),
     (errors.Unauthorized, 401, "authentication_error", "invalid_api_key"),
-    (errors.NotFound, 404, "invalid_request_error", "not_found"),
     (errors.ModelNotFound, 404, "invalid_request_error", "model_not_found"),
     (errors.MethodNotAllowed, 405, "invalid_request_error", "method_not_allowed"),
     (errors.PayloadTooLarge, 413, "invalid_request_error", "request_too_large"),

@@ -1,0 +1,338 @@
+"""Launching, readiness, restart and stop of the vLLM processes of backends that have `launch:`.
+
+One asyncio task owns each launched backend for the gateway's whole life (`Unit.run`): it starts
+the process, waits for `GET /health` 200, optionally warms it up, then waits for it to exit and
+starts it again with capped exponential backoff. A process that keeps running while the registry's
+health checks have failed for `launch.unhealthy_restart_after` seconds (vLLM's API server outlives
+a dead engine and answers /health with 503) is ended and started again the same way. After more
+than `launch.max_restarts` failures in a row (when set) the task gives up and leaves the backend
+`failed`. Its state is the backend's `Lifecycle` (`routing.state`), which this module alone writes
+(`/status` shows it; the forwarder answers 503 + Retry-After while it is not routable).
+
+Only one backend loads at a time (`Supervisor.loading`, a first-come first-served lock taken in
+file order): vLLM instances that profile GPU memory at the same time on one GPU mis-size their KV
+caches or fail to start (vLLM issues 14376 and 55827). A restart waits for that lock too.
+
+Stopping cancels the tasks; each task's `finally` ends its process group (SIGTERM, then SIGKILL
+after `stop_timeout`), so no path out of a task leaves a process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+import signal
+import time
+from typing import IO
+
+import httpx
+
+from ..metrics import GatewayMetrics
+from ..routing.backend import Backend
+from ..routing.discovery import ModelDiscovery
+from ..routing.health import health_error
+from ..routing.registry import Registry
+from ..routing.state import Lifecycle
+from . import process as launch
+from .output import OutputRelay
+from .policy import backoff, count_failure, describe_exit, gives_up, unhealthy_too_long
+
+log = logging.getLogger("vllm_gateway.supervisor")
+EXIT_OUTPUT_GRACE = 0.2  # seconds for a dead process's last output to pass through the relay
+
+
+class StartFailed(Exception):
+    """One attempt to bring the process up failed; `permanent` means retrying cannot help."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Supervisor:
+    def __init__(self, registry: Registry, discovery: ModelDiscovery, metrics: GatewayMetrics, *,
+                 probe_interval: float = 0.5, sink: IO[str] | None = None) -> None:
+        self.registry = registry
+        self.discovery = discovery
+        self.metrics = metrics
+        self.probe_interval = probe_interval
+        self.sink = sink
+        # A launched backend's lifecycle starts as `starting`: not routable, not probed.
+        self.units = [Unit(self, b) for b in registry.launched]
+        self.loading = asyncio.Lock()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """One task per backend, created in file order; the loading lock keeps that order."""
+        for unit in self.units:
+            self.tasks.append(asyncio.create_task(unit.run(), name=f"supervise-{unit.backend.name}"))
+
+    async def stop(self) -> None:
+        """End every process group (all at once) and wait until they are gone."""
+        for task in self.tasks:
+            task.cancel()
+        results = await asyncio.gather(*self.tasks, return_exceptions=True)
+        for unit, result in zip(self.units, results):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("supervising backend %r failed: %r", unit.backend.name, result)
+        self.tasks.clear()
+        self.kill_now()
+
+    def kill_now(self) -> None:
+        """Last resort, synchronous: SIGKILL any group still alive (the event loop may be gone)."""
+        for unit in self.units:
+            if unit.pgid is not None and launch.signal_group(unit.pgid, signal.SIGKILL):
+                log.warning("backend %r: killed what was left of process group %d", unit.backend.name, unit.pgid)
+            unit.pgid = None
+
+
+class Unit:
+    """One supervised backend process: the task that owns it and what it remembers."""
+
+    def __init__(self, supervisor: Supervisor, backend: Backend) -> None:
+        assert backend.lifecycle is not None and backend.config.launch is not None
+        self.supervisor = supervisor
+        self.backend = backend
+        self.lifecycle: Lifecycle = backend.lifecycle  # written here, and nowhere else
+        self.launch = backend.config.launch
+        self.pgid: int | None = None
+        self.output: OutputRelay | None = None  # the current process's, for error messages
+        self.failures = 0  # consecutive; decides the next backoff
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    # -- the owning task ---------------------------------------------------------------------
+    async def run(self) -> None:
+        backend, lifecycle = self.backend, self.lifecycle
+        first = True
+        proc = relay = exited = None
+        try:
+            while True:
+                proc = relay = exited = None
+                ready_at = healthy_until = None
+                try:
+                    async with self.supervisor.loading:
+                        lifecycle.starting(first)
+                        proc, relay, exited = await self._launch()
+                        await self._await_ready(proc, exited)
+                        await self._warm_up()
+                    ready_at = time.monotonic()
+                    self._mark_ready(proc)
+                    await self.supervisor.discovery.refresh(backend)
+                    failing = await self._watch(exited)
+                    healthy_until = backend.health_failing_since  # None: healthy until now
+                    if failing is None:
+                        code = exited.result()
+                        lifecycle.ended(code)
+                        lifecycle.restarting(f"exited unexpectedly with {describe_exit(code)}")
+                        lifecycle.restarting(await self._exit_report(lifecycle.error or ""))
+                        log.error("backend %r (pid %d) %s", self.name, proc.pid, lifecycle.error)
+                    else:
+                        self._restart_unhealthy(proc, failing)
+                    await self._end(proc, relay, exited)  # what is left of its group goes too
+                except StartFailed as failure:
+                    lifecycle.failed(str(failure), give_up=failure.permanent)
+                    log.error("backend %r failed to start: %s", self.name, failure)
+                    if failure.permanent:
+                        return
+                await self._end(proc, relay, exited)
+                if ready_at is None:
+                    healthy_for = None
+                else:
+                    healthy_for = (time.monotonic() if healthy_until is None else healthy_until) - ready_at
+                self.failures = count_failure(self.failures, healthy_for, self.launch.restart_backoff_max)
+                if gives_up(self.failures, self.launch.max_restarts):
+                    self._give_up()
+                    return
+                delay = backoff(self.failures, self.launch.restart_backoff_initial, self.launch.restart_backoff_max)
+                log.warning("backend %r: restarting in %.1f s", self.name, delay)
+                await asyncio.sleep(delay)
+                first = False
+                lifecycle.restarted()
+                self.supervisor.metrics.backend_restarts.labels(self.name).inc()
+        finally:
+            # Stopped (cancelled), given up, or a bug: the process group must not outlive this task.
+            await self._end(proc, relay, exited)
+            lifecycle.stopped()
+
+    # -- steps -------------------------------------------------------------------------------
+    async def _launch(self) -> tuple[asyncio.subprocess.Process, asyncio.Task[None], asyncio.Future[int]]:
+        config = self.backend.config
+        host, port = launch.address(config)
+        if await _port_taken(host, port):
+            raise StartFailed(f"{host}:{port} already accepts connections: another process (a vLLM left "
+                              f"from an earlier run?) holds the port; not starting a second server there")
+        argv = launch.command_line(config)
+        log.info("launching backend %r: %s", self.name, shlex.join(argv))
+        spawning = asyncio.ensure_future(launch.spawn(argv, launch.environment(config)))
+        try:
+            proc = await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            # Stopped while the process was being created: it must not survive us.
+            with contextlib.suppress(Exception):
+                late = await spawning
+                launch.signal_group(late.pid, signal.SIGKILL)
+                await asyncio.wait_for(late.communicate(), 5.0)  # reap it and close its pipe
+            raise
+        except FileNotFoundError:
+            raise StartFailed(f"cannot run {argv[0]!r}: no such program (check launch.command)", permanent=True) from None
+        except PermissionError:
+            raise StartFailed(f"cannot run {argv[0]!r}: permission denied (check launch.command)", permanent=True) from None
+        self.pgid = proc.pid
+        self.lifecycle.spawned(proc.pid)
+        relay = OutputRelay(self.name, launch.log_file_path(config), self.supervisor.sink)
+        self.output = relay
+        relay_task = asyncio.create_task(relay.run(proc.stdout), name=f"output-{self.name}")
+        exited = asyncio.ensure_future(proc.wait())
+        return proc, relay_task, exited
+
+    async def _await_ready(self, proc: asyncio.subprocess.Process, exited: asyncio.Future[int]) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self.launch.ready_timeout
+        deadline = loop.time() + timeout
+        interval = self.supervisor.probe_interval
+        while True:
+            if exited.done():
+                self.lifecycle.ended(exited.result())
+                raise StartFailed(await self._exit_report(
+                    f"exited with {describe_exit(exited.result())} while loading (pid {proc.pid})"))
+            if await self._healthy() and not exited.done():
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise StartFailed(self._with_output(
+                    f"did not answer GET /health with 200 within {timeout:g} s (launch.ready_timeout)"))
+            await asyncio.wait([exited], timeout=min(interval, remaining))
+
+    async def _healthy(self) -> bool:
+        return await health_error(self.backend.upstreams[0], 5.0) is None
+
+    async def _warm_up(self) -> None:
+        """One tiny request of the kind the model serves, so the first user request is not slow.
+
+        A generative model gets a 1-token chat completion (a plain completion when it has no chat
+        template); a route the model does not serve answers 404 at once, so a 404 means "try an
+        embedding". A failed warm-up is logged and does not keep the backend from serving.
+        """
+        if not self.launch.warmup:
+            return
+        client = self.backend.upstreams[0].client
+        model = self.backend.config.served_model_name
+        attempts = [
+            ("/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}),
+            ("/v1/completions", {"model": model, "prompt": "Hi", "max_tokens": 1}),
+            ("/v1/embeddings", {"model": model, "input": "Hi"}),
+        ]
+        timeout = self.backend.timeouts.response_head
+        for index, (path, body) in enumerate(attempts):
+            try:
+                response = await client.post(path, json=body, timeout=timeout)
+            except httpx.HTTPError as exc:
+                log.warning("backend %r: warm-up request to %s failed: %s", self.name, path, type(exc).__name__)
+                return
+            if response.status_code == 200:
+                log.info("backend %r: warmed up with %s", self.name, path)
+                return
+            if index == 0 and response.status_code not in (400, 404):
+                break
+            if index == 1 and response.status_code != 404:
+                break
+        log.warning("backend %r: warm-up got %d from %s; serving anyway", self.name, response.status_code, path)
+
+    async def _watch(self, exited: asyncio.Future[int]) -> float | None:
+        """Wait while the ready process runs. None once it exited; else the seconds its health
+        checks have failed without a break, once that reached `launch.unhealthy_restart_after`.
+
+        The registry's health monitor does the probing (`Backend.health_failing_since`); this
+        only reads what it found, so there is one probe and one interval to configure.
+        """
+        limit = self.launch.unhealthy_restart_after
+        while True:
+            done, _ = await asyncio.wait([exited], timeout=self.supervisor.probe_interval if limit else None)
+            if done:
+                return None
+            failing = unhealthy_too_long(self.backend.health_failing_since, time.monotonic(), limit)
+            if failing is not None:
+                return failing
+
+    def _restart_unhealthy(self, proc: asyncio.subprocess.Process, failing: float) -> None:
+        last = self.backend.last_health_error or "health check failed"
+        took = f"{failing:.0f}" if failing >= 10 else f"{failing:.1f}"
+        self.lifecycle.restarting(self._with_output(
+            f"restarted: /health failed for {took} s (last: {last}); "
+            f"launch.unhealthy_restart_after is {self.launch.unhealthy_restart_after:g} s"))
+        log.warning("backend %r (pid %d): GET /health has failed for %s s (last: %s) while the process "
+                    "kept running; ending its process group and starting it again. Check its last output "
+                    "(lines prefixed [%s]) for the engine's error (out of memory, a dead engine core); "
+                    "launch.unhealthy_restart_after sets the limit, 0 turns this off",
+                    self.name, proc.pid, took, last, self.name)
+
+    def _give_up(self) -> None:
+        lifecycle = self.lifecycle
+        lifecycle.failed(
+            f"gave up after {self.failures} consecutive failures (launch.max_restarts is "
+            f"{self.launch.max_restarts}): read the last failure and its output below, fix the cause, "
+            f"then restart the gateway. Last failure: {lifecycle.error}", give_up=True)
+        log.error("backend %r: %s", self.name, lifecycle.error)
+
+    def _mark_ready(self, proc: asyncio.subprocess.Process) -> None:
+        lifecycle = self.lifecycle
+        lifecycle.ready()  # a new epoch: only this process's health checks count from here on
+        self.backend.breaker.record_success()  # it answered /health: what the previous process tripped is over
+        loaded = time.monotonic() - (lifecycle.started_at or time.monotonic())
+        log.info("backend %r is ready (pid %d, loaded in %.1f s)", self.name, proc.pid, loaded)
+
+    async def _end(self, proc: asyncio.subprocess.Process | None, relay: asyncio.Task[None] | None,
+                   exited: asyncio.Future[int] | None) -> None:
+        """End the whole process group (also when the leader is gone but its children are not)."""
+        if proc is not None and self.pgid is not None:
+            if await launch.end_group(self.pgid, exited, self.launch.stop_timeout):
+                log.warning("backend %r did not stop within %g s of SIGTERM (launch.stop_timeout); killed it",
+                            self.name, self.launch.stop_timeout)
+            self.pgid = None
+        if relay is not None:
+            await _settle(relay)
+        code = exited.result() if exited is not None and exited.done() and not exited.cancelled() else None
+        self.lifecycle.ended(code)
+
+    def _with_output(self, message: str) -> str:
+        tail = self.output.last_lines() if self.output is not None else ""
+        return f"{message}; last output:\n{tail}" if tail else f"{message} (it printed nothing)"
+
+    async def _exit_report(self, message: str) -> str:
+        """`message` plus the last lines the process printed before it exited.
+
+        Taken before the rest of the group is stopped: the children's shutdown chatter would
+        otherwise push the lines that explain the exit (a traceback, an OOM) out of the tail.
+        """
+        await asyncio.sleep(EXIT_OUTPUT_GRACE)  # let the relay take what is still in the pipe
+        return self._with_output(message)
+
+
+async def _settle(relay: asyncio.Task[None], timeout: float = 2.0) -> None:
+    """Let the output relay drain what the process printed last; give up after `timeout`."""
+    if relay.done():
+        return
+    done, _ = await asyncio.wait([relay], timeout=timeout)
+    if not done:
+        relay.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await relay
+
+
+async def _port_taken(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return True
+
+
+__all__ = ["StartFailed", "Supervisor", "Unit"]
