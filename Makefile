@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench tools vllm-env clean
+.PHONY: demo test test-fast check bench tools vllm-env clean
 
 $(VENV)/.installed: pyproject.toml
 	@echo "[setup] creating $(VENV) and installing vllm-gateway with its test dependencies"
@@ -20,12 +20,19 @@ tools:
 vllm-env:
 	@bash scripts/vllm-cpu-env.sh >/dev/null
 
-# Everything: unit, end-to-end (simulated backends), Prometheus, and the real-vLLM set.
-test: $(VENV)/.installed tools vllm-env
+# Lint and types first: ruff, then mypy (strict on the package).
+check: $(VENV)/.installed
+	$(VENV)/bin/ruff check app tests bench
+	$(VENV)/bin/mypy
+
+# Everything: the checks, unit, end-to-end (simulated backends), Prometheus, and the real-vLLM set;
+# then the end-to-end set again with stock uvicorn (`fast_path: false`), which must behave the same.
+test: $(VENV)/.installed check tools vllm-env
 	$(PY) -m pytest -ra
+	GATEWAY_FAST_PATH=false $(PY) -m pytest -ra tests/e2e
 
 # Without the real-vLLM set: quick local iterations.
-test-fast: $(VENV)/.installed tools
+test-fast: $(VENV)/.installed check tools
 	$(PY) -m pytest -ra -m "not vllm"
 
 # Gateway vs direct, side by side (installs nginx and wrk when missing); e.g. BENCH_ARGS=--quick.

@@ -111,7 +111,7 @@ def _protect(app: GatewayApp, settings: Settings, model_endpoints: dict[str, Any
 
         cors = settings.cors
         app.add_middleware(
-            CORSMiddleware,  # type: ignore[arg-type]
+            CORSMiddleware,
             allow_origins=cors.allow_origins,
             allow_methods=cors.allow_methods,
             allow_headers=cors.allow_headers,
@@ -120,7 +120,7 @@ def _protect(app: GatewayApp, settings: Settings, model_endpoints: dict[str, Any
     keys = [key.get_secret_value() for key in settings.api_keys]
     metrics_key = settings.metrics_api_key.get_secret_value() if settings.metrics_api_key else None
     if keys or metrics_key:
-        app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_key=metrics_key)  # type: ignore[arg-type]
+        app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_key=metrics_key)
     if settings.cors.allow_origins:  # CORS must see every request: then no shortcut
         return
     if keys:

@@ -364,8 +364,14 @@ class _Overrides(PydanticBaseSettingsSource):
 def _with_overrides(values: dict[str, Any]) -> type[Settings]:
     class FlaggedSettings(Settings):
         @classmethod
-        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                       file_secret_settings):  # type: ignore[override]
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
             return (_Overrides(settings_cls, values), env_settings, init_settings)
 
     return FlaggedSettings

@@ -61,6 +61,18 @@ def cpu_list(text: str) -> list[int]:
     return cpus
 
 
+def tree_entry(tree: Path, workdir: Path) -> str:
+    """Python code that runs the `vllm-gateway` command of the app/ folder in `tree`: as the
+    package `vllm_gateway` (a link to it, ahead of the installed one on sys.path), or, for trees
+    from before the package was renamed (absolute `from app...` imports), as `app`."""
+    source = tree / "app"
+    if "from app." in (source / "cli.py").read_text():
+        return f"import sys; sys.path.insert(0, {str(tree)!r}); from app.cli import main; sys.exit(main())"
+    links = Path(tempfile.mkdtemp(prefix="tree-", dir=workdir))
+    (links / "vllm_gateway").symlink_to(source.resolve(), target_is_directory=True)
+    return f"import sys; sys.path.insert(0, {str(links)!r}); from vllm_gateway.cli import main; sys.exit(main())"
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, procs: Processes, workdir: Path) -> None:
         self.args, self.procs, self.workdir = args, procs, workdir
@@ -114,8 +126,7 @@ class Bench:
             # `tree:DIR@PYTHON` runs it under another interpreter that has the gateway's
             # dependencies (e.g. a Python 3.12 virtual environment).
             tree, _, python = prototype[len("tree:"):].partition("@")
-            command = [python or sys.executable, "-c", f"import sys; sys.path.insert(0, {tree!r}); "
-                       "from vllm_gateway.cli import main; sys.exit(main())"]
+            command = [python or sys.executable, "-c", tree_entry(Path(tree), self.workdir)]
         elif prototype:
             raise SystemExit(f"--prototype takes tree:DIR or tree:DIR@PYTHON, not {prototype!r}")
         else:

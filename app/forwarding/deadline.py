@@ -3,7 +3,8 @@
 A forwarded request needs a bound on each phase (response head, whole body, every gap in a
 stream, the total). `asyncio.timeout()` costs a loop timer per use and re-arms it on every
 `reschedule`; under uvloop a timer is a libuv handle allocated, started, stopped and freed each
-time, measured here at ~10 µs per request, and once more per relayed stream chunk. Instead:
+time, per request and once more per relayed stream chunk (bench/NOTES.md section 6, rows 1-2).
+Instead:
 
 - each request has a `Watchdog` with a `deadline`; moving it later only stores the new value;
 - `Deadlines` keeps the watchdogs' deadlines in a heap behind a single loop timer, armed at the
@@ -14,7 +15,7 @@ time, measured here at ~10 µs per request, and once more per relayed stream chu
   the size of what is in flight.
 
 On expiry the watchdog cancels its task, as asyncio.timeout does, and sets `fired`, so the code
-that catches the CancelledError can tell a timeout from a client that left (`app.exchange` takes
+that catches the CancelledError can tell a timeout from a client that left (`forwarding.exchange` takes
 the cancellation back with `task.uncancel()`).
 """
 

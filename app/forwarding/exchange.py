@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -48,6 +49,9 @@ class Exchange:
     head; whole body; each gap in a stream; `total` for all of it); the phase that was waiting
     turns that cancellation into its timeout error (`_timed_out`)."""
 
+    task: asyncio.Task[None]
+    loop: asyncio.AbstractEventLoop
+    pipe_chunk: Callable[[bytes], bool]
     __slots__ = ("ctx", "scope", "send", "endpoint", "backend", "body", "headers", "request_id", "recorder",
                  "started", "status", "response_started", "finished", "client_gone", "streaming", "delivered",
                  "upstream", "task", "loop", "watchdog", "total_deadline", "pipe_chunk", "method", "pinned",
@@ -72,8 +76,9 @@ class Exchange:
         self.upstream: Upstream | None = None  # the address the response came from, counted outstanding
 
     async def run(self, receive: Any) -> None:
-        task = self.task = asyncio.current_task()
+        task = asyncio.current_task()
         assert task is not None
+        self.task = task
         loop = self.loop = task.get_loop()
         self.watchdog = self.ctx.deadlines(loop).watchdog(task)
         total = self.backend.timeouts.total

@@ -1,9 +1,8 @@
 """An HTTP/1.1 client for one job: many requests to a few plain-http backends.
 
 httpcore's pool scans every pooled connection (polling each idle socket) for every request it
-places, so its cost grows with the number of connections: measured here, 70 % of the gateway's
-CPU at 64 concurrent requests, and 17 ms of CPU per stream at 512 concurrent streams. This
-module replaces what is below httpx:
+places, so its cost grows with the number of connections (bench/NOTES.md sections 2 and 3:
+most of the gateway's CPU under concurrent load). This module replaces what is below httpx:
 
 - one `asyncio.Protocol` per connection, responses parsed by httptools (C, from uvicorn[standard]);
 - idle connections in a LIFO deque per origin: checkout and release are O(1), and a connection
@@ -33,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import httptools
 import httpx
@@ -59,8 +59,8 @@ class Connection(asyncio.Protocol):
         self.waiter: asyncio.Future | None = None
         self.request: httpx.Request | None = None  # only for httpx's exceptions (httpx's interface)
         self.busy = False  # a request is out on this connection
-        self.sink = None  # see pipe()
-        self.parser = httptools.HttpResponseParser(self)
+        self.sink: Callable[[bytes], bool] | None = None  # see pipe()
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.reset()
 
     def reset(self) -> None:
@@ -75,11 +75,14 @@ class Connection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a TCP connection (uvloop's is no subclass)
 
     def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None:  # data after the connection was lost
+            return
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self.fail(httpx.RemoteProtocolError("backend switched protocols", request=self.request))
         except httptools.HttpParserError as exc:
@@ -108,8 +111,10 @@ class Connection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        self.keep_alive = self.parser.should_keep_alive()
+        parser = self.parser
+        assert parser is not None  # it is the caller
+        self.status = parser.get_status_code()
+        self.keep_alive = parser.should_keep_alive()
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -117,7 +122,7 @@ class Connection(asyncio.Protocol):
         self.buffered += len(body)
         if self.sink is not None:
             return  # data_received hands everything to the sink once the parser is done
-        if self.buffered > _HIGH_WATER and not self.paused:
+        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
         waiter = self.waiter  # _wake(), inlined: once per relayed stream chunk
@@ -168,8 +173,9 @@ class Connection(asyncio.Protocol):
             self.waiter = None
             timer.cancel()
         if waiter.result() is _TIMED_OUT:
-            self.fail(httpx.ReadTimeout(f"backend sent no {what} in {timeout:g} s", request=self.request))
-            raise self.error  # type: ignore[misc]
+            error = httpx.ReadTimeout(f"backend sent no {what} in {timeout:g} s", request=self.request)
+            self.fail(error)
+            raise self.error or error  # the first failure, if one came before
 
     # -- the response, as the exchange reads it ------------------------------------------------
     def take(self) -> bytes:
@@ -181,7 +187,7 @@ class Connection(asyncio.Protocol):
             data = b"".join(chunks)
             chunks.clear()
         self.buffered = 0
-        if self.paused:
+        if self.paused and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
         return data
@@ -375,11 +381,13 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 conn = await self._connect(key, connect_timeout, request)
             conn.busy = True
             conn.request = request
+            transport = conn.transport
+            assert transport is not None  # connected
             if len(body) < _SINGLE_WRITE:
-                conn.transport.write(head + body)
+                transport.write(head + body)
             else:
-                conn.transport.write(head)
-                conn.transport.write(body)
+                transport.write(head)
+                transport.write(body)
             try:
                 while not conn.status:
                     if conn.error is not None:

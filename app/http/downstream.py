@@ -24,14 +24,14 @@ from typing import Any
 EXTENSION = "vllm_gateway.downstream"
 
 
-class HeadHoldingTransport:
+class HeadHoldingTransport(asyncio.Transport):
     """The client connection's transport, holding a response head back until the first body
     bytes (or the end of this loop iteration), so head and body leave in one write system call.
 
     uvicorn writes a response's status line and headers as soon as the app sends
     `http.response.start`, and each body message separately: two `send()` calls for every
     non-streaming answer and for every stream whose first chunk is already there. Everything
-    else is passed through unchanged."""
+    else is passed to the real transport unchanged."""
 
     __slots__ = ("raw", "_loop", "_held")
 
@@ -39,13 +39,13 @@ class HeadHoldingTransport:
         self.raw, self._loop = transport, loop
         self._held: bytes | None = None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         held = self._held
         if held is not None:
             self._held = None
             self.raw.write(held + data)
-        elif data.startswith(b"HTTP/1.1 "):
-            self._held = data
+        elif data[:9] == b"HTTP/1.1 ":
+            self._held = bytes(data)
             self._loop.call_soon(self.flush)
         else:
             self.raw.write(data)
@@ -67,14 +67,42 @@ class HeadHoldingTransport:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """No socket object: uvicorn then reads the addresses from `sockname`/`peername`, which
-        uvloop has at hand (3 µs a connection, against 13 for its socket object: bench/NOTES.md
+        uvloop has at hand, instead of building a socket object per connection (bench/NOTES.md
         section 9, row 2)."""
         if name == "socket":
             return default
         return self.raw.get_extra_info(name, default)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.raw, name)
+    def is_closing(self) -> bool:
+        return self.raw.is_closing()
+
+    def is_reading(self) -> bool:
+        return self.raw.is_reading()
+
+    def pause_reading(self) -> None:
+        self.raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.raw.resume_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.raw.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.raw.get_protocol()
+
+    def get_write_buffer_size(self) -> int:
+        return self.raw.get_write_buffer_size()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.raw.set_write_buffer_limits(high, low)
+
+    def can_write_eof(self) -> bool:
+        return self.raw.can_write_eof()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.raw.write_eof()
 
 
 class ChunkPipe:
@@ -146,9 +174,15 @@ class Downstream:
             callback()
 
 
+def offer(scope: dict[str, Any], cycle: Any) -> None:
+    """Put a `Downstream` for `cycle` in the request's scope (ASGI: an extension is a dict)."""
+    scope["extensions"] = {EXTENSION: {"downstream": Downstream(cycle)}}
+
+
 def downstream_of(scope: dict[str, Any]) -> Downstream | None:
     extensions = scope.get("extensions")
-    return extensions.get(EXTENSION) if extensions else None
+    offered = extensions.get(EXTENSION) if extensions else None
+    return offered["downstream"] if offered is not None else None
 
 
-__all__ = ["EXTENSION", "ChunkPipe", "Downstream", "HeadHoldingTransport", "downstream_of"]
+__all__ = ["EXTENSION", "ChunkPipe", "Downstream", "HeadHoldingTransport", "downstream_of", "offer"]

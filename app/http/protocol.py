@@ -13,11 +13,11 @@ uvicorn when that module says the installed version is not one this was tested w
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import httptools
 
-from .downstream import EXTENSION, Downstream, HeadHoldingTransport
+from .downstream import HeadHoldingTransport, downstream_of, offer
 from .lean_cycle import LeanCycle
 from .uvicorn_compat import HttpToolsProtocol
 
@@ -28,7 +28,7 @@ def _address(info: Any) -> tuple[str, int] | None:
     return None
 
 
-class GatewayHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-type]
+class GatewayHttpToolsProtocol(HttpToolsProtocol):
     """Module level: several workers are spawned processes, which receive it pickled."""
 
     _lean_routes: dict[str, Any] | None
@@ -62,16 +62,18 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-ty
         endpoint = self._lean_routes.get(path) if self._lean_routes else None
         if endpoint is None:
             return False
-        scope = self.scope
+        scope = cast(dict[str, Any], self.scope)
         scope["method"] = "POST"
         scope["path"] = path
         scope["raw_path"] = raw_path
         scope["query_string"] = parsed.query or b""
-        cycle = self.cycle = LeanCycle(scope, self.transport, self.flow, self.loop,
-                                       self.server_state.default_headers, parser.should_keep_alive(),
-                                       self.on_response_complete, self.logger)
-        scope["extensions"] = {EXTENSION: Downstream(cycle)}
-        self._start_asgi_task(cycle, endpoint)  # uvicorn's: its contextvars option included
+        lean = LeanCycle(scope, self.transport, self.flow, self.loop, self.server_state.default_headers,
+                         parser.should_keep_alive(), self.on_response_complete, self.logger)
+        # The protocol reads only what `http.uvicorn_compat.CYCLE_ATTRIBUTES` lists, which a
+        # LeanCycle has too (checked by tests/unit/http/test_uvicorn_compat.py).
+        self.cycle = cast(Any, lean)
+        offer(scope, lean)
+        self._start_asgi_task(self.cycle, endpoint)  # uvicorn's: its contextvars option included
         return True
 
     def on_headers_complete(self) -> None:
@@ -80,13 +82,13 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-ty
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:  # not a protocol upgrade
-            self.scope["extensions"] = {EXTENSION: Downstream(cycle)}
+            offer(cast(dict[str, Any], self.scope), cycle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
         super().connection_lost(exc)
         if cycle is not None and cycle.disconnected:
-            downstream = cycle.scope.get("extensions", {}).get(EXTENSION)
+            downstream = downstream_of(cast(dict[str, Any], cycle.scope))
             if downstream is not None:
                 downstream.lost()
 

@@ -21,8 +21,8 @@ KEEP_ALIVE = 5  # seconds an idle client connection stays open (uvicorn's defaul
 def options(*, fast_path: bool = True, access_log: bool = False, log_level: str = "warning",
             graceful: float | None = None, keep_alive: int = KEEP_ALIVE) -> dict[str, Any]:
     """uvicorn's options. uvloop and httptools are named rather than left to uvicorn's "auto",
-    which silently falls back to asyncio and h11 (2-3x the CPU per request) when a wheel is
-    missing; this says so instead. `fast_path` serves with the gateway's own protocol
+    which silently falls back to asyncio and h11 (several times the CPU per request) when a wheel
+    is missing; this says so instead. `fast_path` serves with the gateway's own protocol
     (`http.protocol`), unless the installed uvicorn is not one it was tested with. No `server`
     header. uvicorn's X-Forwarded-For handling (a middleware around every request) only changes
     the client address its access log prints, so it is on only with the access log

@@ -24,7 +24,7 @@ SUPPORTED = ((0, 54), (0, 60))
 PROTOCOL_ATTRIBUTES = (
     "connection_made", "connection_lost", "on_headers_complete", "_start_asgi_task", "on_response_complete",
     "app", "loop", "parser", "cycle", "transport", "flow", "url", "scope", "server_state", "access_log",
-    "limit_concurrency", "expect_100_continue", "root_path", "tasks", "logger",
+    "limit_concurrency", "expect_100_continue", "root_path", "tasks", "logger", "client", "server",
 )
 # What the gateway reads or sets on uvicorn's RequestResponseCycle (and `LeanCycle` offers too).
 CYCLE_ATTRIBUTES = (

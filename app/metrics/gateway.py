@@ -4,7 +4,7 @@ Labelled children are looked up once per (model, backend, endpoint) and cached, 
 request costs a few attribute calls, not a label lookup under a lock.
 
 With several uvicorn workers (`PROMETHEUS_MULTIPROC_DIR` set before the workers start, see
-`app.metrics.multiprocess`) every worker writes its values to files in that directory and
+`metrics.multiprocess`) every worker writes its values to files in that directory and
 `exposition()` reads all of them: counters and histograms are summed over workers,
 `gateway_requests_in_flight` is summed over live workers, and `gateway_backend_up` is the value
 most recently written by any live worker (the one rendering the page writes it just before).
@@ -31,7 +31,7 @@ class RequestMetrics:
 
     def __init__(self, metrics: GatewayMetrics, model: str, backend: str, endpoint: str) -> None:
         self._requests = metrics.requests
-        self._statuses: dict[int, object] = {}
+        self._statuses: dict[int, Counter] = {}
         self.duration = metrics.request_duration.labels(model, endpoint)
         self.ttfb = metrics.time_to_first_byte.labels(model, endpoint)
         self.in_flight = metrics.in_flight.labels(model, backend)
@@ -89,7 +89,7 @@ class GatewayMetrics:
             ["backend"], registry=r,
         )
         self._children: dict[tuple[str, str, str], RequestMetrics] = {}
-        self._errors: dict[tuple[str, str], object] = {}
+        self._errors: dict[tuple[str, str], Counter] = {}
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self._source: CollectorRegistry = self.registry
         if self.multiprocess_dir:
@@ -135,7 +135,7 @@ class GatewayMetrics:
 class _WithoutCreated:
     """A collector view without `_created` samples: single-process prometheus-client writes them
     as extra gauge families, multiprocess mode does not; without them the page has one shape (and
-    half the series) whatever the worker count. See `app.metrics.merge` for the backends' ones."""
+    half the series) whatever the worker count. See `metrics.merge` for the backends' ones."""
 
     __slots__ = ("source",)
 

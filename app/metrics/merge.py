@@ -134,7 +134,8 @@ class PageMerger:
                 continue
             if family.help_line is not None:
                 out.append(family.help_line)
-            out.append(family.type_line)
+            if family.type_line is not None:
+                out.append(family.type_line)
             out.extend(family.samples)
         if not out:
             return ""

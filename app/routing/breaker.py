@@ -10,6 +10,7 @@ answer, even a 4xx or a 500, proves the backend is there.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -17,7 +18,7 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 class CircuitBreaker:
     __slots__ = ("threshold", "reset_timeout", "state", "failures", "opened_at", "_clock")
 
-    def __init__(self, threshold: int, reset_timeout: float, clock=time.monotonic) -> None:
+    def __init__(self, threshold: int, reset_timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold = threshold
         self.reset_timeout = reset_timeout
         self.state = CLOSED

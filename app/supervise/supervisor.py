@@ -186,6 +186,7 @@ class Unit:
         self.lifecycle.spawned(proc.pid)
         relay = OutputRelay(self.name, launch.log_file_path(config), self.supervisor.sink)
         self.output = relay
+        assert proc.stdout is not None  # spawned with stdout=PIPE
         relay_task = asyncio.create_task(relay.run(proc.stdout), name=f"output-{self.name}")
         exited = asyncio.ensure_future(proc.wait())
         return proc, relay_task, exited

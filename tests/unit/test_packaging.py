@@ -23,3 +23,67 @@ def test_the_source_uses_relative_imports_only() -> None:
     offenders = [str(path.relative_to(ROOT)) for path in (ROOT / "app").rglob("*.py")
                  if any(line.lstrip().startswith(("from app", "import app")) for line in path.read_text().splitlines())]
     assert offenders == []
+
+
+def _imports() -> dict[str, set[str]]:
+    """Every module of the package and the package's modules it imports (relative imports resolved,
+    imports inside functions included, `if TYPE_CHECKING:` blocks left out)."""
+    import ast
+
+    modules = {".".join(p.relative_to(ROOT / "app").with_suffix("").parts): p for p in (ROOT / "app").rglob("*.py")}
+    modules = {name.removesuffix(".__init__") if name != "__init__" else "": path for name, path in modules.items()}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        tree = ast.parse(path.read_text())
+        skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if id(node) in skipped or not isinstance(node, ast.ImportFrom) or not node.level:
+                continue
+            base = package.split(".") if package else []
+            base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+            target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            for alias in node.names:
+                candidate = f"{target}.{alias.name}" if target else alias.name
+                found.add(candidate if candidate in modules else target)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
+
+
+def test_no_import_cycle_between_modules() -> None:
+    assert _cycle(_imports()) is None
+
+
+def test_no_import_cycle_between_packages() -> None:
+    """The packages depend one way: http and routing below forwarding, forwarding below api."""
+    packages: dict[str, set[str]] = {}
+    for module, targets in _imports().items():
+        if "." not in module:
+            continue  # the top-level modules (gateway, cli) wire everything together
+        package = module.split(".")[0]
+        packages.setdefault(package, set()).update(t.split(".")[0] for t in targets if "." in t)
+    assert _cycle({p: deps - {p} for p, deps in packages.items()}) is None

@@ -107,7 +107,9 @@ class _Cycle(SimpleNamespace):
 
 
 def _scope(cycle) -> dict:
-    return {"extensions": {downstream.EXTENSION: downstream.Downstream(cycle)}}  # as the gateway's protocol puts it
+    scope: dict = {}
+    downstream.offer(scope, cycle)  # as the gateway's protocol does
+    return scope
 
 
 def open_pipe(scope: dict) -> downstream.ChunkPipe | None:
