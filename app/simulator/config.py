@@ -45,6 +45,9 @@ class SimulatorConfig:
     max_cpu_loras: int | None = None  # adapters kept loaded in CPU memory (default: max_loras)
     lora_modules: list[LoRAModule] = field(default_factory=list)
     lora_load_delay: float = 0.0  # seconds reading an adapter from disk takes
+    # vLLM's `--distributed-executor-backend`: "uni" (one GPU) or "mp" (the CPU build, tensor parallel),
+    # which only changes how worker errors are worded.
+    executor_backend: str = "uni"
 
     def check(self) -> None:
         """vLLM's start-up checks: a server with these settings would not start."""
@@ -54,6 +57,8 @@ class SimulatorConfig:
             raise ValueError(f"max_lora_rank must be one of {', '.join(map(str, MAX_LORA_RANKS))}")
         if self.max_loras < 1:
             raise ValueError("max_loras: Input should be greater than or equal to 1")
+        if self.executor_backend not in ("uni", "mp"):
+            raise ValueError("executor_backend is uni or mp")
         if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
             raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras}).")
 

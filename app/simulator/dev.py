@@ -49,36 +49,34 @@ class DevRoutes:
         if errors or level is None:
             await respond(send, 400, shapes.validation_error(errors))
             return
-        with self.metrics.sleep_operation("sleep"):
-            failed = await _attempt(self.sleep_mode.sleep(level, mode))
-        if failed:
-            await respond(send, 500, failed)
+        try:
+            with self.metrics.sleep_operation("sleep"):
+                await self.sleep_mode.sleep(level, mode)
+        except OperationFailed as exc:
+            await respond(send, 500, _internal(exc))
             return
         await respond(send, 200, orjson.dumps({"status": "sleeping", "level": level}))
 
     async def wake_up(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
         tags = [value for key, value in query(scope) if key == "tags"] or None
-        with self.metrics.sleep_operation("wake"):
-            result: list[bool] = []
-            failed = await _attempt(self._wake(tags, result))
-        if failed:
-            await respond(send, 500, failed)
+        try:
+            with self.metrics.sleep_operation("wake"):
+                awake = await self.sleep_mode.wake_up(tags)
+        except OperationFailed as exc:
+            await respond(send, 500, _internal(exc))
             return
-        await respond(send, 200, orjson.dumps({"status": "awake" if result[0] else "sleeping", "tags": tags}))
-
-    async def _wake(self, tags: list[str] | None, result: list[bool]) -> None:
-        result.append(await self.sleep_mode.wake_up(tags))
+        await respond(send, 200, orjson.dumps({"status": "awake" if awake else "sleeping", "tags": tags}))
 
     async def is_sleeping(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
         await respond(send, 200, orjson.dumps({"is_sleeping": self.sleep_mode.is_sleeping}))
 
     async def release_kv_cache(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
-        with self.metrics.sleep_operation("release_kv_cache_memory"):
-            try:
+        try:
+            with self.metrics.sleep_operation("release_kv_cache_memory"):
                 self.sleep_mode.release_kv_cache()
-            except OperationFailed as exc:
-                await respond(send, 500, _internal(exc))
-                return
+        except OperationFailed as exc:
+            await respond(send, 500, _internal(exc))
+            return
         await respond(send, 200, orjson.dumps({"status": "kv_cache_released"}))
 
     async def collective_rpc(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
@@ -95,8 +93,11 @@ class DevRoutes:
             await respond(send, 400, shapes.error("Missing 'method' in request body", "Bad Request", 400))
             return
         if method != "reload_weights":
-            message = f"Call to collective_rpc method failed: Method {method!r} is not implemented."
-            await respond(send, 500, shapes.error(shapes.sanitize(message), "InternalServerError", 500))
+            backend = self.sleep_mode.config.executor_backend
+            reason = f"'Worker' object has no attribute {method!r}" if backend == "mp" else \
+                f"Method {method!r} is not implemented."
+            await respond(send, 500, shapes.error(shapes.call_failed("collective_rpc", reason, backend),
+                                                  "InternalServerError", 500))
             return
         try:
             self.sleep_mode.reload_weights()
@@ -118,16 +119,8 @@ class DevRoutes:
         await respond(send, 200, orjson.dumps({"success": bool(success)}))
 
 
-async def _attempt(operation: Any) -> bytes | None:
-    try:
-        await operation
-    except OperationFailed as exc:
-        return _internal(exc)
-    return None
-
-
 def _internal(exc: Exception) -> bytes:
-    return shapes.error(shapes.sanitize(str(exc)), "InternalServerError", 500)
+    return shapes.error(str(exc), "InternalServerError", 500)
 
 
 def _integer(raw: str, loc: str, low: int, high: int, errors: list[dict[str, Any]]) -> int | None:

@@ -35,7 +35,7 @@ class Engine:
         self.metrics = metrics
         self.max_loras = max_loras  # None: LoRA off, no slot accounting
         self.pause_state = UNPAUSED
-        self.jobs: set[Job] = set()
+        self.jobs: dict[Job, None] = {}  # in arrival order
         self._changed = asyncio.Event()  # set (and replaced) whenever a job may be able to move on
 
     @property
@@ -54,14 +54,14 @@ class Engine:
     async def scheduled(self, adapter: str | None = None) -> AsyncIterator[Job]:
         """A request's time in the engine: queued until it may run, then running until it leaves."""
         job = Job(adapter)
-        self.jobs.add(job)
+        self.jobs[job] = None
         try:
             await self._until(job, lambda: self._may_start(job))
             job.started = True
             self._record_lora()
             yield job
         finally:
-            self.jobs.discard(job)
+            self.jobs.pop(job, None)
             self._notify()
             self._record_lora()
 
@@ -122,8 +122,7 @@ class Engine:
         self._changed = asyncio.Event()
 
     def _record_lora(self) -> None:
-        if self.max_loras is None:
-            return
-        running = sorted({j.adapter for j in self.jobs if j.started and j.adapter is not None})
-        waiting = sorted({j.adapter for j in self.jobs if not j.started and j.adapter is not None})
-        self.metrics.record_lora_requests(running, waiting)
+        """A scheduler step's stats. vLLM lists every adapter with a request in flight under both
+        labels (its per-adapter counts may be 0), in the order they first came."""
+        if self.max_loras is not None:
+            self.metrics.record_lora_requests(list(dict.fromkeys(j.adapter for j in self.jobs if j.adapter)))

@@ -58,13 +58,13 @@ class LoRAManager:
             try:
                 self._check(module.name, module.path, inplace=False)
                 if not self.config.enable_lora:
-                    raise _add_lora_failed("LoRA is not enabled. Use --enable-lora to enable LoRA.")
+                    raise _add_lora_failed("LoRA is not enabled. Use --enable-lora to enable LoRA.", self.config.executor_backend)
                 try:
                     files = read_adapter(module.path, self.config.max_lora_rank)
                 except AdapterNotFound:
                     raise _not_found(module.name, module.path) from None
                 except AdapterInvalid as exc:
-                    raise _add_lora_failed(str(exc)) from None
+                    raise _add_lora_failed(str(exc), self.config.executor_backend) from None
             except LoadFailed as exc:
                 raise ValueError(orjson.loads(exc.body)["error"]["message"]) from None
             base = module.base_model_name if module.base_model_name in self.config.models else None
@@ -125,7 +125,7 @@ class LoRAManager:
             raise _not_found(adapter.name, adapter.path) from None
         except AdapterInvalid as exc:
             record["status"] = 500
-            raise _add_lora_failed(str(exc)) from None
+            raise _add_lora_failed(str(exc), self.config.executor_backend) from None
 
     def _check(self, name: str, path: str, inplace: bool) -> None:
         if not name or not path:
@@ -182,7 +182,6 @@ def _not_found(name: str, path: str) -> LoadFailed:
     return LoadFailed(404, shapes.error(message, "NotFoundError", 404))
 
 
-def _add_lora_failed(reason: str) -> LoadFailed:
-    """The engine's utility call failed: vLLM's API passes the message on as a 500."""
-    message = shapes.sanitize(f"Call to add_lora method failed: {reason}")
-    return LoadFailed(500, shapes.error(message, "InternalServerError", 500))
+def _add_lora_failed(reason: str, backend: str) -> LoadFailed:
+    """The worker's add_lora raised: vLLM's API passes the message on as a 500."""
+    return LoadFailed(500, shapes.error(shapes.call_failed("add_lora", reason, backend), "InternalServerError", 500))

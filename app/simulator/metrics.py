@@ -113,7 +113,8 @@ class SimMetrics:
             active.dec()
             self._sleep_duration.labels(operation).observe(time.perf_counter() - started)
 
-    def record_lora_requests(self, running: Iterable[str], waiting: Iterable[str]) -> None:
+    def record_lora_requests(self, adapters: Iterable[str]) -> None:
         """A scheduler step's `vllm:lora_requests_info` sample: set to the time, labelled by adapter names."""
         if self.lora_info is not None:
-            self.lora_info.labels(str(self.max_loras), ",".join(waiting), ",".join(running)).set_to_current_time()
+            names = ",".join(adapters)
+            self.lora_info.labels(str(self.max_loras), names, names).set_to_current_time()

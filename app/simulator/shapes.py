@@ -171,6 +171,14 @@ def sanitize(message: str) -> str:
     return message.strip()
 
 
+def call_failed(method: str, reason: str, executor_backend: str = "uni", in_worker: bool = True) -> str:
+    """An engine utility call that raised: vLLM's API answers 500 with this text. A worker in its own
+    process (executor backend "mp": the CPU build, tensor parallelism) wraps the worker's error."""
+    if in_worker and executor_backend == "mp":
+        reason = f"Worker failed with error '{reason}', please check the stack trace above for the root cause"
+    return sanitize(f"Call to {method} method failed: {reason}")
+
+
 def validation_error(errors: list[dict[str, Any]]) -> bytes:
     """FastAPI's request validation failure as vLLM's handler words it: one line per error (a
     Python dict's text), `param` from the first error's location."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 
+from . import shapes
 from .config import SimulatorConfig
 from .engine import PAUSED_ALL, PAUSED_NEW, Engine
 from .metrics import SimMetrics
@@ -66,18 +67,18 @@ class SleepMode:
     def release_kv_cache(self) -> None:
         """`/release_kv_cache_memory`: only after a completed pause with all memory resident."""
         if not self.engine.paused or self.engine.jobs:
-            raise OperationFailed("Call to release_kv_cache_memory method failed: "
-                                  "release_kv_cache_memory() requires a completed pause first")
+            raise OperationFailed(shapes.call_failed("release_kv_cache_memory", "release_kv_cache_memory() requires "
+                                                     "a completed pause first", in_worker=False))
         if self.sleeping_tags:
-            raise OperationFailed("Call to release_kv_cache_memory method failed: "
-                                  "release_kv_cache_memory() requires all executor memory to be resident")
+            raise OperationFailed(shapes.call_failed("release_kv_cache_memory", "release_kv_cache_memory() requires "
+                                                     "all executor memory to be resident", in_worker=False))
         self.sleeping_tags.add("kv_cache")
         self.metrics.record_sleep_state(asleep=True, level=0)
 
     def reload_weights(self) -> None:
         if "weights" in self.sleeping_tags and self.config.enable_sleep_mode:
-            raise OperationFailed("Call to collective_rpc method failed: the weights are asleep: "
-                                  "POST /wake_up?tags=weights before reload_weights")
+            reason = "CUDA error: an illegal memory access was encountered (the weights are asleep: wake_up tags=weights first)"
+            raise OperationFailed(shapes.call_failed("collective_rpc", reason, self.config.executor_backend))
         self.weights_valid = True
 
     async def _pause(self, mode: str) -> None:
@@ -107,5 +108,5 @@ class SleepMode:
         if fault == "hang":
             await self.state.hold(HANG_LIMIT)
         elif fault == "fail":
-            raise OperationFailed(f"Call to {method} method failed: CUDA error: out of memory "
-                                  "(simulated by POST /_sim/faults)")
+            reason = "CUDA error: out of memory (simulated by POST /_sim/faults)"
+            raise OperationFailed(shapes.call_failed(method, reason, self.config.executor_backend))
