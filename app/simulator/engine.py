@@ -68,10 +68,13 @@ class Engine:
     async def step(self, job: Job, delay: float) -> None:
         """One decode step: the token delay, then frozen while PAUSED_ALL; `Aborted` once aborted."""
         if delay:
-            changed = self._changed
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await changed.wait()  # an abort or a pause cuts the delay short
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + delay
+            while not job.aborted and loop.time() < deadline:
+                changed = self._changed
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(deadline):
+                        await changed.wait()  # only an abort cuts the token short
         await self._until(job, lambda: self.pause_state != PAUSED_ALL)
 
     def pause(self, state: str) -> None:

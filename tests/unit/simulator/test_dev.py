@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from vllm_gateway.simulator import Simulator, SimulatorConfig
 
 from .captures import record, recorded_sleep_state, replay, sleep_state_lines
@@ -75,8 +74,8 @@ def test_the_level_2_sequence_and_the_rpc_and_cache_routes() -> None:
 
 @pytest.mark.parametrize(("backend", "message"), [
     ("uni", "Call to collective_rpc method failed: Method 'nope' is not implemented."),
-    ("mp", "Call to collective_rpc method failed: Worker failed with error ''Worker' object has no attribute "
-           "'nope'', please check the stack trace above for the root cause"),
+    ("mp", ("Call to collective_rpc method failed: Worker failed with error ''Worker' object has no attribute "
+           "'nope'', please check the stack trace above for the root cause")),
 ])
 def test_an_unknown_rpc_method_is_a_500_worded_by_the_executor(backend: str, message: str) -> None:
     recorded = record("rpc_unknown")["body"]  # the CPU build: mp, and its worker class is CPUWorker

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-
+import pytest
 from vllm_gateway.simulator import EMBEDDING, Simulator, SimulatorConfig, shapes
 
 from .captures import payloads, record
@@ -73,26 +73,26 @@ def test_a_request_that_arrives_while_asleep_waits_and_is_served_after_the_wake(
     run(steps)
 
 
-def test_abort_ends_a_running_stream_with_vllms_abort_chunk() -> None:
-    for usage, name in ((False, "abort_stream"), (True, "abort_stream_usage")):
-        async def steps(c: httpx.AsyncClient, sim: Simulator, usage: bool = usage) -> None:
-            stream = asyncio.create_task(c.post("/v1/chat/completions", json=chat(400, stream=True, usage=usage)))
-            await until(lambda: first_token_out(sim))  # the first token is out
-            assert (await c.post("/sleep?mode=abort")).json() == {"status": "sleeping", "level": 1}
-            assert not sim.parts.engine.jobs  # vLLM answers the sleep once the abort outputs are out
-            events = payloads((await stream).text)
-            tokens = [e for e in events[:-1] if e["choices"] and "role" not in e["choices"][0]["delta"]]
-            last = tokens[-1]["choices"][0]
-            assert last["finish_reason"] == "abort" and last["delta"] == {"content": ""}
-            assert len(tokens) - 1 < 400
-            tail = recorded_stream(name)
-            assert [shape(e) for e in events[-len(tail):]][-3:] == [shape(e) for e in tail][-3:]
-            if usage:
-                assert events[-2]["usage"]["completion_tokens"] == len(tokens) - 1
-            else:
-                assert "system_fingerprint" in tokens[-1]
+@pytest.mark.parametrize(("usage", "name"), [(False, "abort_stream"), (True, "abort_stream_usage")])
+def test_abort_ends_a_running_stream_with_vllms_abort_chunk(usage: bool, name: str) -> None:
+    async def steps(c: httpx.AsyncClient, sim: Simulator) -> None:
+        stream = asyncio.create_task(c.post("/v1/chat/completions", json=chat(400, stream=True, usage=usage)))
+        await until(lambda: first_token_out(sim))  # the first token is out
+        assert (await c.post("/sleep?mode=abort")).json() == {"status": "sleeping", "level": 1}
+        assert not sim.parts.engine.jobs  # vLLM answers the sleep once the abort outputs are out
+        events = payloads((await stream).text)
+        tokens = [e for e in events[:-1] if e["choices"] and "role" not in e["choices"][0]["delta"]]
+        last = tokens[-1]["choices"][0]
+        assert last["finish_reason"] == "abort" and last["delta"] == {"content": ""}
+        assert len(tokens) - 1 < 400
+        tail = recorded_stream(name)
+        assert [shape(e) for e in events[-len(tail):]][-3:] == [shape(e) for e in tail][-3:]
+        if usage:
+            assert events[-2]["usage"]["completion_tokens"] == len(tokens) - 1
+        else:
+            assert "system_fingerprint" in tokens[-1]
 
-        run(steps, token_delay=0.002)
+    run(steps, token_delay=0.002)
 
 
 def test_abort_ends_a_whole_answer_with_the_text_so_far_and_finish_reason_abort() -> None:
