@@ -24,7 +24,7 @@ async def settle() -> None:
 
 def test_new_requests_queue_while_paused_and_start_on_resume() -> None:
     async def main() -> None:
-        engine, log, go = Engine(SimMetrics("m")), [], asyncio.Event()
+        engine, log, go = Engine(SimMetrics("m")), list[str](), asyncio.Event()
         engine.pause(PAUSED_NEW)
         task = asyncio.create_task(hold(engine, None, go, log, "r"))
         await settle()
@@ -84,7 +84,7 @@ def test_abort_reaches_running_and_queued_requests_and_cuts_a_token_delay_short(
 
 def test_at_most_max_loras_distinct_adapters_run_at_once() -> None:
     async def main() -> None:
-        engine, log, go = Engine(SimMetrics("m", max_loras=2), max_loras=2), [], asyncio.Event()
+        engine, log, go = Engine(SimMetrics("m", max_loras=2), max_loras=2), list[str](), asyncio.Event()
         tasks = [asyncio.create_task(hold(engine, a, go, log, f"{a}{i}"))
                  for i, a in enumerate(["x", "y", "z", "x", None])]
         await settle()

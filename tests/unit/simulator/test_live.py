@@ -10,11 +10,12 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 from vllm_gateway.simulator import shapes, write_adapter
 
 from tests.servers import running, simulator, wait_for
 
-MESSAGES = [{"role": "user", "content": "hi"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def test_a_stream_opened_while_asleep_gets_its_head_and_its_tokens_after_the_wake() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 from vllm_gateway.simulator import Simulator, SimulatorConfig
@@ -37,8 +38,8 @@ def test_health_can_be_made_to_fail_while_everything_else_keeps_answering() -> N
     assert set_200.status_code == 200 and healed.status_code == 200
 
 
-def dev_sim(**config: object) -> Simulator:
-    return Simulator(SimulatorConfig(models=["tiny-chat"], dev_mode=True, enable_sleep_mode=True, **config))  # type: ignore[arg-type]
+def dev_sim(**config: Any) -> Simulator:
+    return Simulator(SimulatorConfig(models=["tiny-chat"], dev_mode=True, enable_sleep_mode=True, **config))
 
 
 async def client_for(sim: Simulator) -> httpx.AsyncClient:
