@@ -38,7 +38,12 @@ class Adapter:
     base_model_name_or_path: str | None = None  # from adapter_config.json
 
 
+NOT_ENABLED = "LoRA is not enabled. Use --enable-lora to enable LoRA."
+
+
 class LoadFailed(Exception):
+    """A refused load (or a failed re-read): the status and vLLM's error body to answer with."""
+
     def __init__(self, status: int, body: bytes) -> None:
         super().__init__(body.decode())
         self.status, self.body = status, body
@@ -58,7 +63,7 @@ class LoRAManager:
             try:
                 self._check(module.name, module.path, inplace=False)
                 if not self.config.enable_lora:
-                    raise _add_lora_failed("LoRA is not enabled. Use --enable-lora to enable LoRA.", self.config.executor_backend)
+                    raise _add_lora_failed(NOT_ENABLED, self.config.executor_backend)
                 try:
                     files = read_adapter(module.path, self.config.max_lora_rank)
                 except AdapterNotFound:
@@ -97,28 +102,31 @@ class LoRAManager:
 
     async def activate(self, adapter: Adapter) -> None:
         """As the worker does when a request for it is scheduled: read it again if it fell out."""
-        if adapter.int_id in self.cpu:
-            self.cpu.move_to_end(adapter.int_id)
-            return
-        await self._read(adapter, "reload")
-        self._cache(adapter)
+        async with self._locks[adapter.name]:  # requests arriving together read it once
+            if adapter.int_id in self.cpu:
+                self.cpu.move_to_end(adapter.int_id)
+                return
+            await self._read(adapter, "reload")
+            self._cache(adapter)
 
     def stats(self) -> list[dict[str, object]]:
         return [{"name": a.name, "path": a.path, "id": a.int_id, "rank": a.rank, "in_cpu_memory": a.int_id in self.cpu,
                  "base_model_name_or_path": a.base_model_name_or_path} for a in self.adapters.values()]
 
     async def _read(self, adapter: Adapter, kind: str) -> AdapterFiles:
-        record: dict[str, object] = {"name": adapter.name, "path": adapter.path, "kind": kind, "time": time.time(), "status": 200}
+        record: dict[str, object] = {"name": adapter.name, "path": adapter.path, "kind": kind, "time": time.time(),
+                                     "status": 200}
         self.state.lora_loads.append(record)
         try:
             if not self.config.enable_lora:
-                raise AdapterInvalid("LoRA is not enabled. Use --enable-lora to enable LoRA.")
+                raise AdapterInvalid(NOT_ENABLED)
             fault = self.state.take_fault("lora_load")
             if fault == "hang":
                 await self.state.hold(HANG_LIMIT)
             elif fault == "fail":
                 raise AdapterInvalid("simulated failure (POST /_sim/faults)")
             await asyncio.sleep(self.config.lora_load_delay)
+            # Disk reads have no asyncio form: a worker thread keeps them off the event loop.
             return await asyncio.to_thread(read_adapter, adapter.path, self.config.max_lora_rank)
         except AdapterNotFound:
             record["status"] = 404

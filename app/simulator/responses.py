@@ -67,7 +67,8 @@ class Responses:
         return shapes.vocabulary(target.adapter)
 
     async def _events(self, response: dict[str, Any], words: tuple[str, ...]) -> AsyncIterator[bytes]:
-        events: list[tuple[str, dict[str, Any]]] = [("response.created", {"response": {**response, "status": "in_progress", "output": []}})]
+        started = {**response, "status": "in_progress", "output": []}
+        events: list[tuple[str, dict[str, Any]]] = [("response.created", {"response": started})]
         events += [("response.output_text.delta", {"item_id": "msg_sim", "output_index": 0, "content_index": 0,
                                                    "delta": words[i]}) for i in range(4)]
         events.append(("response.completed", {"response": response}))
