@@ -1,6 +1,10 @@
 """What the simulator saw and did, and the `/_sim/*` routes that let tests read and steer it.
 
-- `GET /_sim/stats`: everything below, as JSON.
+- `GET /_sim/stats`: everything `SimulatorState` holds, as JSON, and the adapters it has loaded.
+  `awake_intervals` are the spans ([start, end or null], time.time() seconds) in which the model
+  held its GPU memory: from start-up, closed when a level 1/2 sleep with `enable_sleep_mode` has
+  freed it, reopened when a wake-up starts mapping it back; without `enable_sleep_mode` it never
+  closes, as vLLM then frees nothing. `peak_share` adds several simulators' records up.
 - `POST /_sim/release`: lets go of every generation parked by `x-sim-fault: hold` and of every
   sleep, wake-up or adapter load parked by a `hang` fault.
 - `POST /_sim/health {"status": N}`: what `/health` and `/ping` answer from then on.
@@ -14,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -89,6 +93,22 @@ class SimulatorState:
                 "paths": dict(self.paths), "requests": list(self.requests), "realtime": list(self.realtime),
                 "awake_intervals": [list(i) for i in self.awake_intervals], "sleeps": self.sleeps,
                 "wakes": self.wakes, "lora_loads": list(self.lora_loads), "lora_unloads": list(self.lora_unloads)}
+
+
+def peak_share(records: Iterable[tuple[float, list[list[float | None]]]], now: float | None = None) -> float:
+    """The most GPU memory held at once by several simulators, from their `awake_intervals`: each
+    record is (its memory share, its intervals); an open interval counts until `now`."""
+    edges: list[tuple[float, float]] = []
+    end_of_record = time.time() if now is None else now
+    for share, intervals in records:
+        for start, end in intervals:
+            if start is not None:
+                edges += [(start, share), (end if end is not None else end_of_record, -share)]
+    held = peak = 0.0
+    for _, change in sorted(edges, key=lambda edge: (edge[0], edge[1])):  # a release before a take at one instant
+        held += change
+        peak = max(peak, held)
+    return peak
 
 
 class Controls:

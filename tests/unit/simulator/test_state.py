@@ -6,7 +6,9 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 from vllm_gateway.simulator import Simulator, SimulatorConfig
+from vllm_gateway.simulator.state import peak_share
 
 from .replay import CHAT_SIM
 
@@ -112,5 +114,31 @@ def test_a_hanging_wake_answers_only_after_release() -> None:
             assert not waking.done() and (await c.get("/is_sleeping")).json() == {"is_sleeping": True}
             assert (await c.post("/_sim/release")).json() == {"released": 1}
             assert (await waking).json() == {"status": "awake", "tags": None}
+
+    asyncio.run(calls())
+
+
+def test_peak_share_adds_up_what_was_held_at_the_same_time() -> None:
+    a = [[0.0, 10.0], [20.0, None]]
+    b = [[10.0, 20.0]]  # takes over exactly when a lets go: no overlap
+    assert peak_share([(0.5, a), (0.5, b)], now=30.0) == 0.5
+    assert peak_share([(0.5, a), (0.4, [[5.0, 6.0]])], now=30.0) == 0.9
+    assert peak_share([(0.3, a), (0.3, [[25.0, None]]), (0.3, [[29.0, None]])], now=30.0) == pytest.approx(0.9)
+
+
+def test_two_simulators_taking_turns_never_hold_memory_together() -> None:
+    async def calls() -> None:
+        first, second = dev_sim(), dev_sim()
+        async with await client_for(first) as one, await client_for(second) as two:
+            await two.post("/sleep")  # both start awake: the second gives its memory back first
+            for _ in range(3):
+                await one.post("/sleep")
+                await two.post("/wake_up")
+                await two.post("/sleep")
+                await one.post("/wake_up")
+            one_held, two_held = [(await c.get("/_sim/stats")).json()["awake_intervals"] for c in (one, two)]
+        assert len(one_held) == len(two_held) == 4
+        assert peak_share([(0.6, one_held), (0.6, two_held)]) == pytest.approx(1.2)  # at start-up both held it
+        assert peak_share([(0.6, one_held), (0.6, two_held[1:])]) == pytest.approx(0.6)  # then never together
 
     asyncio.run(calls())
