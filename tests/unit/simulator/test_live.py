@@ -69,3 +69,18 @@ def test_adapters_loaded_at_run_time_are_listed_served_by_name_and_gone_once_unl
         stats = httpx.get(f"{server.url}/_sim/stats").json()
         assert [(r["name"], r["status"]) for r in stats["lora_loads"]] == [("sql", 200)]
         assert [r["name"] for r in stats["lora_unloads"]] == ["sql"]
+
+
+def test_a_client_that_gives_up_on_a_queued_request_leaves_the_engines_queue() -> None:
+    sim = simulator(["tiny-chat"], dev_mode=True)
+    with running(sim) as server:
+        httpx.post(f"{server.url}/sleep")
+        body = {"model": "tiny-chat", "messages": MESSAGES, "max_tokens": 3, "stream": True}
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=30) as response:
+            assert response.status_code == 200 and wait_for(lambda: len(sim.parts.engine.waiting) == 1)
+        assert wait_for(lambda: not sim.parts.engine.jobs and sim.state.disconnects == 1)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.url}/v1/chat/completions", json={**body, "stream": False}, timeout=0.3)
+        assert wait_for(lambda: not sim.parts.engine.jobs and sim.state.disconnects == 2)
+        assert httpx.post(f"{server.url}/wake_up").json()["status"] == "awake"
+        assert sim.state.completed == 0
