@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .settings import KEEP_ALIVE_ENV, VLLM_KEEP_ALIVE, ConfigError, Settings, load_settings
+from .simulator.flags import add_vllm_flags, vllm_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     # vLLM's own flags, so a `launch.command` can start the simulator where vLLM would run.
     simulate.add_argument("--served-model-name", nargs="+", help="names to serve instead of --model (as vLLM)")
     simulate.add_argument("--gpu-memory-utilization", type=float, help="accepted and ignored (as a launched vLLM gets it)")
+    add_vllm_flags(simulate)  # sleep mode, LoRA, and the simulator's delays
     simulate.set_defaults(run=_simulate)
     return parser
 
@@ -223,11 +225,16 @@ def _simulate(args: argparse.Namespace) -> int:
 
     _configure_logging("info")
     args.model = args.served_model_name or args.model
-    config = SimulatorConfig(models=args.model, kind=args.kind, token_delay=args.token_delay,
-                             max_model_len=args.max_model_len, lora_adapters=args.lora, api_key=args.api_key)
+    try:  # vLLM's own start-up checks (flags, environment, --lora-modules) stop it the same way
+        config = SimulatorConfig(models=args.model, kind=args.kind, token_delay=args.token_delay,
+                                 max_model_len=args.max_model_len, lora_adapters=args.lora, api_key=args.api_key,
+                                 **vllm_settings(args, os.environ))
+        app = Simulator(config)
+    except ValueError as exc:
+        raise ConfigError(f"simulate: {exc}") from None
     print(f"simulated vLLM server ({args.kind}) serving {', '.join(args.model)} on http://{args.host}:{args.port}", flush=True)
     # Like vLLM: idle connections are closed after VLLM_HTTP_TIMEOUT_KEEP_ALIVE seconds (default 5).
     keep_alive = int(os.environ.get(KEEP_ALIVE_ENV, VLLM_KEEP_ALIVE))
-    serving.run(Simulator(config), args.host, args.port, log_level="warning", access_log=False,
+    serving.run(app, args.host, args.port, log_level="warning", access_log=False,
                 timeout_keep_alive=keep_alive)
     return 0

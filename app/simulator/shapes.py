@@ -10,6 +10,8 @@ import base64
 import hashlib
 import json
 import math
+import random
+import re
 import struct
 import time
 import uuid
@@ -44,8 +46,27 @@ def tokens_for(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
+_GARBAGE = (" \ufffd", " <unk>", " ####", " \u0120\u0120", " \xff\xfe", " ?!?", " \x00", " ~~~")
+
+
 def word(i: int) -> str:
     return _WORDS[i % len(_WORDS)]
+
+
+def vocabulary(adapter: str | None = None, garbage: bool = False) -> tuple[str, ...]:
+    """The words an answer is made of: the base model's, an order of its own per adapter (so a
+    test can tell which adapter answered), or nonsense from weights that were never reloaded."""
+    if garbage:
+        return _GARBAGE
+    if adapter is None:
+        return _WORDS
+    words = list(_WORDS)
+    random.Random(hashlib.sha256(adapter.encode()).digest()).shuffle(words)
+    return tuple(words)
+
+
+def text(words: tuple[str, ...], count: int) -> str:
+    return "".join(words[i % len(words)] for i in range(count))
 
 
 def chat_completion(rid: str, model: str, text: str, prompt_tokens: int, completion_tokens: int, finish: str) -> dict:
@@ -122,10 +143,10 @@ def embedding(text: str, dim: int) -> list[float]:
     return [v / norm for v in raw]
 
 
-def embeddings(rid: str, model: str, inputs: list[str], dim: int, base64_encoded: bool = False) -> dict:
+def embeddings(rid: str, model: str, inputs: list[str], dim: int, base64_encoded: bool = False, salt: str = "") -> dict:
     """`encoding_format: base64` packs each vector as little-endian float32, as vLLM does
-    (the openai SDK asks for it by default)."""
-    vectors: list[Any] = [embedding(t, dim) for t in inputs]
+    (the openai SDK asks for it by default). A `salt` (an adapter, garbage weights) moves every vector."""
+    vectors: list[Any] = [embedding(salt + t, dim) for t in inputs]
     if base64_encoded:
         vectors = [base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() for v in vectors]
     return {
@@ -140,8 +161,35 @@ def error(message: str, type_: str, status: int, param: str | None = None) -> by
     return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": status}})
 
 
+def sanitize(message: str) -> str:
+    """vLLM's `sanitize_message` on every error it answers: memory addresses, tracebacks and
+    file paths under the usual system folders become `<path>`."""
+    message = re.sub(r" at 0x[0-9a-fA-F]+>", ">", message)
+    message = re.sub(r'\n?\s*File "[^"]+", line \d+, in \S+(\n\s+.*)?', "", message)
+    message = re.sub(r"/(?:home|usr|opt|var|tmp|root|lib|mnt|srv)(?:/[\w.\-]+)+", "<path>", message)
+    message = re.sub(r"(?:/[\w\-]+)+/[\w\-]+\.\w+", "<path>", message)
+    return message.strip()
+
+
+def call_failed(method: str, reason: str, executor_backend: str = "uni", in_worker: bool = True) -> str:
+    """An engine utility call that raised: vLLM's API answers 500 with this text. A worker in its own
+    process (executor backend "mp": the CPU build, tensor parallelism) wraps the worker's error."""
+    if in_worker and executor_backend == "mp":
+        reason = f"Worker failed with error '{reason}', please check the stack trace above for the root cause"
+    return sanitize(f"Call to {method} method failed: {reason}")
+
+
+def validation_error(errors: list[dict[str, Any]]) -> bytes:
+    """FastAPI's request validation failure as vLLM's handler words it: one line per error (a
+    Python dict's text), `param` from the first error's location."""
+    label = "error" if len(errors) == 1 else "errors"
+    message = f"{len(errors)} validation {label}:\n" + "".join(f"  {e}\n" for e in errors)
+    return error(sanitize(message.rstrip()), "Bad Request", 400, errors[0]["loc"] if errors else None)
+
+
 def _usage(prompt: int, completion: int, details: bool = False) -> dict:
-    usage = {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion}
+    usage: dict[str, int | None] = {"prompt_tokens": prompt, "total_tokens": prompt + completion,
+                                    "completion_tokens": completion}
     if details:
         usage.update(prompt_tokens_details=None, completion_tokens_details=None)
     return usage

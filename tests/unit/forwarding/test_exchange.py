@@ -1,6 +1,6 @@
-"""The proxy over its direct door into `LeanTransport` (the default, real sockets on loopback):
-the three timeouts are enforced by the request's watchdog, and each one closes the upstream
-connection. The gateway is called in-process through `httpx.ASGITransport`."""
+"""An exchange over the gateway's own client (the default forwarding seam, real sockets on
+loopback): the three timeouts are enforced by the request's watchdog, and each one closes the
+upstream connection. The gateway is called in-process through `httpx.ASGITransport`."""
 
 from __future__ import annotations
 
@@ -35,24 +35,21 @@ class Stalling:
         writer.close()
 
 
-def call(answer: bytes, timeouts: dict[str, float], stream: bool = False) -> tuple[httpx.Response, int]:
-    async def go() -> tuple[httpx.Response, int]:
-        backend = Stalling(answer)
-        listener = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
-        url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
-        app = create_app(Settings(backends=[{"name": "b", "url": url, "models": ["m"], "timeouts": timeouts}],
-                                  retries={"attempts": 1}))
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
-            response = await client.post("/v1/chat/completions", json={**BODY, "stream": stream})
-        for _ in range(200):
-            if backend.closed:
-                break
-            await asyncio.sleep(0.01)
-        listener.close()
-        await app.state.registry.aclose()
-        return response, backend.closed
-
-    return asyncio.run(asyncio.wait_for(go(), 10))
+async def call(answer: bytes, timeouts: dict[str, float], stream: bool = False) -> tuple[httpx.Response, int]:
+    backend = Stalling(answer)
+    listener = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+    app = create_app(Settings(backends=[{"name": "b", "url": url, "models": ["m"], "timeouts": timeouts}],
+                              retries={"attempts": 1}))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+        response = await client.post("/v1/chat/completions", json={**BODY, "stream": stream})
+    for _ in range(200):
+        if backend.closed:
+            break
+        await asyncio.sleep(0.01)
+    listener.close()
+    await app.state.registry.aclose()
+    return response, backend.closed
 
 
 def _error(response: httpx.Response) -> dict[str, Any]:
@@ -61,22 +58,25 @@ def _error(response: httpx.Response) -> dict[str, Any]:
 
 @pytest.mark.parametrize("timeouts, limit", [({"response_head": 0.2}, "timeouts.response_head"),
                                              ({"total": 0.2}, "timeouts.total")])
-def test_no_head_in_time_is_504_naming_the_limit_and_closes_upstream(timeouts: dict, limit: str) -> None:
-    response, closed = call(b"", timeouts)
+@pytest.mark.anyio
+async def test_no_head_in_time_is_504_naming_the_limit_and_closes_upstream(timeouts: dict, limit: str) -> None:
+    response, closed = await call(b"", timeouts)
     assert response.status_code == 504 and limit in _error(response)["message"]
     assert closed == 1
 
 
-def test_a_body_that_stops_coming_is_504_and_closes_upstream() -> None:
-    response, closed = call(HEAD_ONLY, {"stream_idle": 0.2})
+@pytest.mark.anyio
+async def test_a_body_that_stops_coming_is_504_and_closes_upstream() -> None:
+    response, closed = await call(HEAD_ONLY, {"stream_idle": 0.2})
     assert response.status_code == 504 and "stopped sending" in _error(response)["message"]
     assert closed == 1
 
 
 @pytest.mark.parametrize("timeouts, limit", [({"stream_idle": 0.2}, "timeouts.stream_idle"),
                                              ({"total": 0.3}, "timeouts.total")])
-def test_a_stream_that_goes_quiet_ends_with_an_error_event_and_closes_upstream(timeouts: dict, limit: str) -> None:
-    response, closed = call(STREAM_HEAD, timeouts, stream=True)
+@pytest.mark.anyio
+async def test_a_stream_that_goes_quiet_ends_with_an_error_event_and_closes_upstream(timeouts: dict, limit: str) -> None:
+    response, closed = await call(STREAM_HEAD, timeouts, stream=True)
     events = response.content.split(b"\n\n")
     assert response.status_code == 200 and events[0] == b"data: {}"
     error = orjson.loads(events[1][len(b"data: "):])["error"]
