@@ -9,6 +9,8 @@ Creates, unless already complete:
                      byte-level BPE tokenizer (~2048 tokens), ChatML chat template.
   OUTDIR/tiny-embed  BertModel (2 layers, hidden 128), WordPiece vocab (~2048 tokens),
                      sentence-transformers files selecting mean pooling + Normalize.
+  OUTDIR/tiny-gqa    tiny-chat with grouped-query attention: 4 query heads sharing 2 KV heads
+                     (head_dim 32), for the memory planner's KV-per-token check.
 
 Weights are random but seeded, so the output is repeatable. The text they generate is
 nonsense; they exist to exercise the HTTP protocol, not to answer anything. Each model is
@@ -106,7 +108,7 @@ def training_corpus(seed: int, lines: int = 4000) -> list[str]:
 # --------------------------------------------------------------------------- chat model
 
 
-def build_chat(dest: Path) -> None:
+def build_chat(dest: Path, heads: int = HEADS, kv_heads: int = HEADS, name: str = "tiny-chat") -> None:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -144,8 +146,8 @@ def build_chat(dest: Path) -> None:
         hidden_size=HIDDEN,
         intermediate_size=2 * HIDDEN,
         num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=HEADS,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=MAX_POSITIONS,
         bos_token_id=ids["<s>"],
         eos_token_id=ids["</s>"],
@@ -163,7 +165,11 @@ def build_chat(dest: Path) -> None:
     )
     model.save_pretrained(dest, safe_serialization=True)
     params = sum(p.numel() for p in model.parameters())
-    log(f"tiny-chat: vocab {config.vocab_size}, {params / 1e6:.2f} M parameters")
+    log(f"{name}: vocab {config.vocab_size}, {params / 1e6:.2f} M parameters, {heads} heads / {kv_heads} KV heads")
+
+
+def build_gqa(dest: Path) -> None:
+    build_chat(dest, heads=4, kv_heads=2, name="tiny-gqa")
 
 
 def check_chat(path: Path) -> None:
@@ -362,8 +368,8 @@ def ensure(outdir: Path, name: str, build, check) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("outdir", type=Path, help="folder that receives tiny-chat/ and tiny-embed/")
-    parser.add_argument("--only", choices=["tiny-chat", "tiny-embed"], help="build just this model")
+    parser.add_argument("outdir", type=Path, help="folder that receives tiny-chat/, tiny-embed/ and tiny-gqa/")
+    parser.add_argument("--only", choices=["tiny-chat", "tiny-embed", "tiny-gqa"], help="build just this model")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -371,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     outdir = args.outdir.resolve()
     outdir.mkdir(parents=True, exist_ok=True)
-    for name, build, check in (("tiny-chat", build_chat, check_chat), ("tiny-embed", build_embed, check_embed)):
+    models = (("tiny-chat", build_chat, check_chat), ("tiny-embed", build_embed, check_embed),
+              ("tiny-gqa", build_gqa, check_chat))
+    for name, build, check in models:
         if args.only in (None, name):
             ensure(outdir, name, build, check)
     return 0
