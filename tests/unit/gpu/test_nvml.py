@@ -8,7 +8,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
 from vllm_gateway.gpu.nvml import NvmlGpus, open_nvml
 
 

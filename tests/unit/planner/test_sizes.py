@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from vllm_gateway.planner.sizes import GIB, gib, parse_size, vllm_int
 
 
