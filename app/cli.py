@@ -160,23 +160,28 @@ def _check_config(args: argparse.Namespace) -> int:
 def plan_for(settings: Settings, gpu_memory: int | None = None, *, strict: bool = False) -> Plan:
     """The memory plan `check-config`, `plan` and `serve` use: each GPU's total from `gpu_memory`
     (`--gpu-memory`), else `gpu.memory`, else NVML; the hub only when not offline."""
-    from .gpu.nvml import open_nvml
     from .planner.model_files import offline
     from .planner.plan import build_plan
 
     default = gpu_memory or settings.gpu.memory
+    return build_plan(settings, device_memory={} if default else gpu_totals(), default_memory=default,
+                      allow_network=not offline(os.environ), strict=strict)
+
+
+def gpu_totals() -> dict[str, int]:
+    """Each GPU's total memory by NVML index and UUID; empty without NVML or a GPU."""
+    from .gpu.nvml import open_nvml
+
+    gpus = open_nvml()
+    if gpus is None:
+        return {}
     totals: dict[str, int] = {}
-    if default is None:
-        gpus = open_nvml()
-        if gpus is not None:
-            try:
-                for device in gpus.devices():
-                    total = device.memory()[0]
-                    totals[str(device.index)] = totals[device.uuid] = total
-            finally:
-                gpus.close()
-    return build_plan(settings, device_memory=totals, default_memory=default, allow_network=not offline(os.environ),
-                      strict=strict)
+    try:
+        for device in gpus.devices():
+            totals[str(device.index)] = totals[device.uuid] = device.memory()[0]
+    finally:
+        gpus.close()
+    return totals
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -198,14 +203,14 @@ def _plan(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"vllm-gateway plan: --gpu-memory {exc}; expected {SIZE_HELP}", file=sys.stderr)
             return 2
+    if memory is None and settings.gpu.memory is None and not gpu_totals():
+        print("vllm-gateway plan: no GPU found through NVML and no --gpu-memory: give the GPU's size, e.g. "
+              "--gpu-memory 48GB (or set gpu.memory)", file=sys.stderr)
+        return 2
     try:
         memory_plan = plan_for(settings, memory, strict=True)
     except PlanError as exc:
         print(f"vllm-gateway plan: {exc}", file=sys.stderr)
-        return 2
-    if any(d.total is None for d in memory_plan.devices):
-        print("vllm-gateway plan: no GPU found through NVML and no --gpu-memory: give the GPU's size, e.g. "
-              "--gpu-memory 48GB (or set gpu.memory)", file=sys.stderr)
         return 2
     print(json.dumps(plan_json(memory_plan), indent=2) if args.json else plan_table(memory_plan))
     for line in memory_plan.refusals():

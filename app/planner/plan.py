@@ -257,7 +257,8 @@ def _plan_known(base: BackendPlan, launch_len: int | None, flags: VllmFlags, fac
     one = layout.bytes_for(1, length, in_flight) if layout.has_cache else 0
     plan = replace(plan, one_sequence_bytes=one)
     if files.weights is None:
-        return replace(plan, reason=f"{base.model}: no safetensors files, so the weights' size is unknown",
+        return replace(plan, reason=f"{base.model}: no safetensors files, so the weights' size is unknown (only "
+                                    f"safetensors headers or model.safetensors.index.json give it)",
                        notes=tuple(notes))
     weights = loaded(files.weights, facts, dtype_bytes, base.tensor_parallel)
     if weights.note:
