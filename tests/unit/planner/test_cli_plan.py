@@ -23,8 +23,8 @@ QWEN3_8B = FIXTURES / "qwen3-8b"
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.upper().startswith(("GATEWAY_", "HF_"))}
     clean.update({"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "/nonexistent/hub"}, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "vllm_gateway", *args], capture_output=True, text=True, env=clean,
-                          timeout=60)
+    return subprocess.run([sys.executable, "-m", "vllm_gateway", *args], check=False, capture_output=True, text=True,
+                          env=clean, timeout=60)
 
 
 def config(tmp_path: Path, *backends: str, extra: str = "") -> Path:
@@ -64,8 +64,8 @@ def test_json(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("backend", "message"), [
     (guard(model="/nonexistent/model"), "backend guard: model files not readable: /nonexistent/model: no such folder"),
-    (guard(model="Qwen/Qwen3Guard-Gen-8B"), "backend guard: model files not readable: Qwen/Qwen3Guard-Gen-8B: not a "
-                                           "local folder and not in the Hugging Face cache"),
+    (guard(model="Qwen/Qwen3Guard-Gen-8B"), ("backend guard: model files not readable: Qwen/Qwen3Guard-Gen-8B: not a "
+                                            "local folder and not in the Hugging Face cache")),
     (guard(model=FIXTURES / "deepseek-v2-lite-chat"),
      f"backend guard: {FIXTURES / 'deepseek-v2-lite-chat'}: no safetensors files, so the weights' size is unknown"),
 ])
