@@ -97,6 +97,12 @@ class KvLayout:
         need = self.blocks_per_sequence(length, in_flight)
         return self.blocks(budget) // need if need else 0
 
+    def concurrency(self, budget: int, length: int, in_flight: int) -> float:
+        """vLLM's "Maximum concurrency for <length> tokens per request" (`get_max_concurrency_for_kv_cache_config`);
+        x `length` it is the "KV cache size: N tokens" vLLM logs."""
+        need = self.blocks_per_sequence(length, in_flight)
+        return self.blocks(budget) / need if need else 0.0
+
     def bytes_for(self, sequences: int, length: int, in_flight: int) -> int:
         """The smallest budget that holds `sequences` requests of `length` tokens."""
         return sequences * self.blocks_per_sequence(length, in_flight) * self.bytes_per_block

@@ -60,6 +60,7 @@ class BackendPlan:
     kv_blocks: int | None = None
     kv_tokens: int | None = None
     sequences: int | None = None  # full max_model_len sequences at once
+    concurrency: float | None = None  # vLLM's "Maximum concurrency" figure; x max_model_len = its logged tokens
     one_sequence_bytes: int | None = None
     estimates: tuple[Estimate, ...] = ()
     need_bytes: int | None = None  # inside the share, per GPU: weights + estimates + KV
@@ -342,7 +343,8 @@ def _with_kv(plan: BackendPlan, layout: KvLayout, kv: int, *, exact: bool, lengt
     if not layout.has_cache:
         return replace(plan, kv_bytes=0, kv_exact=exact, kv_blocks=1, kv_tokens=0, sequences=None)
     return replace(plan, kv_bytes=kv, kv_exact=exact, kv_blocks=layout.blocks(kv), kv_tokens=layout.tokens(kv),
-                   sequences=layout.sequences(kv, length, in_flight))
+                   sequences=layout.sequences(kv, length, in_flight),
+                   concurrency=layout.concurrency(kv, length, in_flight))
 
 
 def _no_memory() -> str:

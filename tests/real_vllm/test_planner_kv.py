@@ -4,9 +4,10 @@ vLLM's CPU build sizes its cache from `--kv-cache-memory-bytes` and publishes wh
 `vllm:cache_config_info` (`num_gpu_blocks`, `block_size`, `kv_cache_size_tokens`). For each tiny
 model the planner, given the same launch args, must predict the same number of blocks (hence
 tokens within one block). tiny-chat and tiny-embed are read from the shared gateway's own backends
-(`live`, no extra start-up); tiny-gqa (4 query heads, 2 KV heads) gets a short-lived server of its
-own, one start-up (~30-40 s on 2 cores) more in CI, with a budget that is not a whole number of
-blocks so the rounding is checked too.
+(`live`, no extra start-up); tiny-gqa (4 query heads, 2 KV heads) and tiny-hybrid (Gemma 2:
+alternating sliding-window and full layers) each get a short-lived server of their own, two
+start-ups (~25-30 s each on 2 cores) more in CI, with a budget that is not a whole number of blocks
+so the rounding is checked too.
 """
 
 from __future__ import annotations
@@ -52,12 +53,15 @@ def planned(model: Path, max_model_len: int, args: list[str], block_size: str) -
 
 
 def assert_same_cache(plan: BackendPlan, vllm: dict[str, str]) -> None:
+    """Blocks equal; tokens within one block; and vLLM's own concurrency and token figures (what its
+    log prints: `KV cache size: N tokens, Maximum concurrency ...: C x`) equal the planner's."""
     block = int(vllm["block_size"])
     blocks = int(vllm["num_gpu_blocks"])
     assert plan.kv_blocks == blocks, f"planner {plan.kv_blocks} blocks, vLLM {blocks} ({vllm})"
     assert plan.kv_tokens is not None and abs(plan.kv_tokens - blocks * block) <= block
-    if vllm.get("kv_cache_size_tokens", "None") != "None":
-        assert plan.kv_tokens == int(vllm["kv_cache_size_tokens"])
+    assert plan.concurrency is not None and plan.max_model_len is not None
+    assert plan.concurrency == pytest.approx(float(vllm["kv_cache_max_concurrency"]))
+    assert int(plan.concurrency * plan.max_model_len) == int(vllm["kv_cache_size_tokens"])
 
 
 def models() -> Path:
@@ -120,18 +124,38 @@ def vllm_server(model: Path, args: list[str], workdir: Path) -> Iterator[tuple[s
             proc.wait(10)
 
 
-def test_grouped_query_attention_cache_is_the_planned_one(tmp_path: Path) -> None:
+def own_server_cache(name: str, tmp_path: Path) -> tuple[Path, list[str], dict[str, str], int]:
+    """A short-lived server for one tiny model with a 50 MB (decimal) KV budget: not a whole number
+    of 128-token blocks, so the planner's floor is checked too. Returns what vLLM built and logged."""
     if os.environ.get("GATEWAY_SKIP_VLLM") == "1":
         pytest.skip("GATEWAY_SKIP_VLLM=1: real-vLLM tests skipped on purpose")
-    model = models() / "tiny-gqa"
-    # 50 MB (decimal): not a whole number of 128-token blocks, so the planner's floor is checked too.
+    model = models() / name
     args = ["--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", "50m", "--max-model-len", "512"]
     with vllm_server(model, args, tmp_path) as (url, log):
         vllm = cache_config(url)
         logged = re.search(r"KV cache size: ([\d,]+) tokens", log.read_text(errors="replace"))
+    assert logged is not None, "vLLM logged no KV cache size"
+    return model, args, vllm, int(logged.group(1).replace(",", ""))
+
+
+def test_grouped_query_attention_cache_is_the_planned_one(tmp_path: Path) -> None:
+    model, args, vllm, logged = own_server_cache("tiny-gqa", tmp_path)
     plan = planned(model, 512, args, vllm["block_size"])
     assert plan.kv_bytes_per_token == 2 * 2 * 32 * 2 * 4  # 2 KV heads, not the 4 query heads
     assert_same_cache(plan, vllm)
-    assert logged is not None and int(logged.group(1).replace(",", "")) == plan.kv_tokens
+    assert logged == plan.kv_tokens
     mha_blocks = 50 * 10**6 // (2 * 4 * 128 * 64 * 4)  # what counting the 4 query heads would predict
     assert plan.kv_blocks is not None and plan.kv_blocks > mha_blocks
+
+
+def test_a_hybrid_sliding_window_cache_is_grouped_as_vllm_groups_it(tmp_path: Path) -> None:
+    """Gemma 2 layout: 2 sliding-window + 2 full-attention layers form two groups of 2 sharing one
+    block pool, so a block costs 2 layers' pages, not 4 (twice the blocks a per-model sum predicts),
+    and a 512-token request holds blocks in both groups."""
+    model, args, vllm, logged = own_server_cache("tiny-hybrid", tmp_path)
+    plan = planned(model, 512, args, vllm["block_size"])
+    assert plan.facts["kv_cache_groups"] == [{"layers": 2, "sliding_window": 64}, {"layers": 2, "sliding_window": None}]
+    assert plan.bytes_per_block == 2 * (2 * 128 * 64 * 4)  # 2 layers x (2 KV heads x 128 tokens x K+V x float32)
+    assert_same_cache(plan, vllm)
+    assert logged == int(plan.concurrency * 512)  # type: ignore[operator]
+    assert plan.sequences == int(float(vllm["kv_cache_max_concurrency"]))
