@@ -116,8 +116,14 @@ def build_chat(dest: Path, heads: int = HEADS, kv_heads: int = HEADS, name: str 
     layers alternate sliding-window and full attention (a hybrid KV cache)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import (Gemma2Config, Gemma2ForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM,
-                              PreTrainedTokenizerFast)
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
@@ -147,18 +153,18 @@ def build_chat(dest: Path, heads: int = HEADS, kv_heads: int = HEADS, name: str 
     hf_tok.chat_template = CHATML_TEMPLATE
     hf_tok.save_pretrained(dest)
 
-    shape = dict(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=MAX_POSITIONS,
-        bos_token_id=ids["<s>"],
-        eos_token_id=ids["</s>"],
-        pad_token_id=ids["<pad>"],
-        torch_dtype="float32",
-    )
+    shape = {
+        "vocab_size": tok.get_vocab_size(),
+        "hidden_size": HIDDEN,
+        "intermediate_size": 2 * HIDDEN,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "max_position_embeddings": MAX_POSITIONS,
+        "bos_token_id": ids["<s>"],
+        "eos_token_id": ids["</s>"],
+        "pad_token_id": ids["<pad>"],
+        "torch_dtype": "float32",
+    }
     torch.manual_seed(SEED)
     if sliding_window is None:
         config = LlamaConfig(**shape, num_hidden_layers=LAYERS, tie_word_embeddings=False)
