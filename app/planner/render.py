@@ -37,10 +37,15 @@ def plan_line(plan: BackendPlan) -> str:
         facts = []
         if plan.weights_bytes is not None:
             facts.append(f"weights {_gib(plan.weights_bytes, not plan.weights_exact)}")
-        if plan.kv_bytes_per_token:
+        if plan.kv_bytes_per_token and plan.kv_exact and plan.kv_tokens is not None:  # --kv-cache-memory-bytes given
+            facts.append(f"KV {_gib(plan.kv_bytes)} = {_count(plan.kv_tokens)} tokens at "
+                         f"{plan.kv_bytes_per_token / KIB:.1f} KiB/token")
+        elif plan.kv_bytes_per_token:
             one = f" (one {plan.max_model_len:,}-token sequence {_gib(plan.one_sequence_bytes)})" \
                 if plan.max_model_len and plan.one_sequence_bytes else ""
             facts.append(f"KV {plan.kv_bytes_per_token / KIB:.1f} KiB/token{one}")
+        elif plan.facts.get("attention") == "none":
+            facts.append("no KV cache (encoder-only)")
         if plan.estimates and plan.weights_bytes is not None:
             facts.append(f"estimates {_gib(plan.estimated_bytes)}")
         if plan.share is not None:
