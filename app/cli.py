@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .planner.plan import Plan, planned_backend
+from .planner.render import plan_line
 from .settings import KEEP_ALIVE_ENV, VLLM_KEEP_ALIVE, ConfigError, Settings, load_settings
 from .simulator.flags import add_vllm_flags, vllm_settings
 
@@ -49,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration and print the routing table")
     check.add_argument("--config", help="YAML configuration file (default: $GATEWAY_CONFIG)")
     check.set_defaults(run=_check_config)
+
+    plan = commands.add_parser("plan", help="each launched backend's GPU memory, from its model's own files")
+    plan.add_argument("--config", help="YAML configuration file (default: $GATEWAY_CONFIG)")
+    plan.add_argument("--gpu-memory", help="each GPU's total memory, e.g. 48GB (decimal), 45GiB or 45.5G (binary); "
+                                           "default: gpu.memory, else what NVML finds")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(run=_plan)
 
     demo = commands.add_parser("demo", help="two simulated vLLM backends and the gateway in front of them (no GPU needed)")
     demo.add_argument("--host", default="127.0.0.1", help="address of the gateway (default 127.0.0.1)")
@@ -128,14 +137,81 @@ def _raise_open_file_limit() -> None:
 
 def _check_config(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    print(routing_table(settings))
+    memory_plan = plan_for(settings) if any(b.launch for b in settings.backends) else None
+    print(routing_table(settings, memory_plan))
     for note in settings.warnings():
         print(f"warning: {note}")
+    refusals = memory_plan.refusals() if memory_plan else []
+    for line in refusals:
+        print(f"vllm-gateway: {line}", file=sys.stderr)
+    if refusals:
+        return 2
     print("configuration OK")
     return 0
 
 
-def routing_table(settings: Settings) -> str:
+def plan_for(settings: Settings, gpu_memory: int | None = None, *, strict: bool = False) -> Plan:
+    """The memory plan `check-config`, `plan` and `serve` use: each GPU's total from `gpu_memory`
+    (`--gpu-memory`), else `gpu.memory`, else NVML; the hub only when not offline."""
+    from .planner.model_files import offline
+    from .planner.plan import build_plan
+
+    default = gpu_memory or settings.gpu.memory
+    return build_plan(settings, device_memory={} if default else gpu_totals(), default_memory=default,
+                      allow_network=not offline(os.environ), strict=strict)
+
+
+def gpu_totals() -> dict[str, int]:
+    """Each GPU's total memory by NVML index and UUID; empty without NVML or a GPU."""
+    from .gpu.nvml import open_nvml
+
+    gpus = open_nvml()
+    if gpus is None:
+        return {}
+    totals: dict[str, int] = {}
+    try:
+        for device in gpus.devices():
+            totals[str(device.index)] = totals[device.uuid] = device.memory()[0]
+    finally:
+        gpus.close()
+    return totals
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from .planner.plan import PlanError
+    from .planner.render import plan_json, plan_table
+    from .planner.sizes import SIZE_HELP, parse_size
+
+    settings = load_settings(args.config)
+    if not any(b.launch for b in settings.backends):
+        print("vllm-gateway plan: no backend has a `launch:` section; the planner plans only the vLLM processes "
+              "the gateway starts", file=sys.stderr)
+        return 2
+    memory = None
+    if args.gpu_memory is not None:
+        try:
+            memory = parse_size(args.gpu_memory)
+        except ValueError as exc:
+            print(f"vllm-gateway plan: --gpu-memory {exc}; expected {SIZE_HELP}", file=sys.stderr)
+            return 2
+    if memory is None and settings.gpu.memory is None and not gpu_totals():
+        print("vllm-gateway plan: no GPU found through NVML and no --gpu-memory: give the GPU's size, e.g. "
+              "--gpu-memory 48GB (or set gpu.memory)", file=sys.stderr)
+        return 2
+    try:
+        memory_plan = plan_for(settings, memory, strict=True)
+    except PlanError as exc:
+        print(f"vllm-gateway plan: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(plan_json(memory_plan), indent=2) if args.json else plan_table(memory_plan))
+    for line in memory_plan.refusals():
+        print(f"vllm-gateway plan: {line}", file=sys.stderr)
+    return 2 if memory_plan.refusals() else 0
+
+
+def routing_table(settings: Settings, memory_plan: Plan | None = None) -> str:
     lines = [f"gateway listens on {settings.host}:{settings.port} with {len(settings.backends)} backend(s)"]
     if not settings.backends:
         lines.append("  (no backends: every model request will answer 404)")
@@ -148,11 +224,20 @@ def routing_table(settings: Settings) -> str:
             target = backend.served_model_name or "its first reported model"
             lines.append(f"    aliases: {', '.join(backend.aliases)} (sent upstream as {target})")
         if backend.launch:
-            share = backend.launch.gpu_memory_utilization
             from .supervise.process import command_line  # the exact argv `serve` will run
 
-            lines.append(f"    launch:  {shlex.join(command_line(backend))}"
-                         + (f" (gpu_memory_utilization {share:g})" if share is not None else ""))
+            planned = memory_plan.backend(backend.name) if memory_plan else None
+            launched = planned_backend(backend, planned) if planned else backend
+            assert launched.launch is not None
+            share = launched.launch.gpu_memory_utilization
+            if share == "auto":  # no plan filled it in: show what vLLM would get, its own default share
+                launched = launched.model_copy(update={"launch": launched.launch.model_copy(
+                    update={"gpu_memory_utilization": None})})
+            lines.append(f"    launch:  {shlex.join(command_line(launched))}"
+                         + (f" (gpu_memory_utilization {share:g})" if isinstance(share, float) else "")
+                         + (" (gpu_memory_utilization auto, not planned)" if share == "auto" else ""))
+            if planned:
+                lines.append(f"    {plan_line(planned)}")
     shares = settings.gpu_shares()
     if shares:
         lines.append(f"  GPU memory: {sum(shares.values()):.2f} of budget {settings.gpu.memory_budget:g}")

@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+
+from .planner.sizes import SIZE_HELP, parse_size
 
 DEFAULT_LAUNCH_COMMAND = ["vllm", "serve", "{model}"]
 # How long a vLLM server keeps an idle HTTP connection open: its uvicorn's `timeout_keep_alive`,
@@ -70,6 +72,19 @@ class Cors(_Strict):
 
 class GpuConfig(_Strict):
     memory_budget: float = Field(0.90, gt=0, le=1.0)
+    # Each GPU's total memory, for `vllm-gateway plan` and the start-up plan where NVML cannot tell
+    # (no GPU here, or planning for another machine): 48GB, 45GiB, 45.5G or a number of bytes.
+    memory: int | None = None
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory_size(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            raise ValueError(f"gpu.memory: {exc}; expected {SIZE_HELP}") from None
 
 
 class LaunchConfig(_Strict):
@@ -77,8 +92,12 @@ class LaunchConfig(_Strict):
 
     model: str
     command: list[str] = Field(default_factory=lambda: list(DEFAULT_LAUNCH_COMMAND))
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1.0)
+    # A fraction of the GPU's total, or `auto`: the planner computes it (app/planner) from the model's
+    # files for `max_model_len` and one of the two targets below.
+    gpu_memory_utilization: float | Literal["auto"] | None = None
     max_model_len: int | None = Field(None, gt=0)
+    concurrent_sequences: int | None = Field(None, ge=1)  # auto: this many max_model_len sequences at once
+    kv_cache_tokens: int | None = Field(None, ge=1)  # auto: a KV cache of this many tokens
     args: list[str] = []
     env: dict[str, str] = {}
     warmup: bool = False
@@ -103,6 +122,40 @@ class LaunchConfig(_Strict):
         if isinstance(value, dict):
             return {str(k): str(v) for k, v in value.items()}
         return value
+
+    @field_validator("gpu_memory_utilization", mode="before")
+    @classmethod
+    def _share_or_auto(cls, value: Any) -> Any:
+        if value is None or value == "auto":
+            return value
+        try:
+            share = float(value)
+        except (TypeError, ValueError):
+            share = float("nan")
+        if isinstance(value, bool) or not 0 < share <= 1:
+            raise ValueError(f"gpu_memory_utilization must be a fraction of the GPU's total above 0 and at most 1, "
+                             f"or auto (got {value!r})")
+        return share
+
+    @model_validator(mode="after")
+    def _planned_targets(self) -> LaunchConfig:
+        targets = [k for k in ("concurrent_sequences", "kv_cache_tokens") if getattr(self, k) is not None]
+        if self.gpu_memory_utilization != "auto":
+            if targets:
+                raise ValueError(f"{targets[0]} is a target for gpu_memory_utilization: auto; set that, "
+                                 f"or drop {targets[0]} and keep the fraction")
+            return self
+        if self.max_model_len is None:
+            raise ValueError("gpu_memory_utilization: auto needs max_model_len (the planner sizes the KV cache "
+                             "for sequences of that length)")
+        if len(targets) != 1:
+            raise ValueError("gpu_memory_utilization: auto needs exactly one target: concurrent_sequences "
+                             "(sequences of max_model_len at once) or kv_cache_tokens")
+        owned = [a.split("=", 1)[0] for a in self.args
+                 if a.split("=", 1)[0] in ("--gpu-memory-utilization", "--kv-cache-memory-bytes", "--kv-cache-memory")]
+        if owned:
+            raise ValueError(f"gpu_memory_utilization: auto computes {owned[0]} itself; remove it from launch.args")
+        return self
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -290,34 +343,64 @@ class Settings(BaseSettings):
                 f"(one worker forwards thousands of requests per second), or start vLLM yourself and "
                 f"drop `launch:`"
             )
-        used = self.gpu_shares()
-        if used and sum(used.values()) > self.gpu.memory_budget + 1e-9:
-            shares = ", ".join(f"{name}={share:g}" for name, share in used.items())
-            raise ValueError(
-                f"gpu.memory_budget: the backends' gpu_memory_utilization add up to "
-                f"{sum(used.values()):.2f} ({shares}), above the budget of {self.gpu.memory_budget:g}; "
-                f"lower a share or raise gpu.memory_budget"
-            )
+        by_device = self.gpu_shares_by_device()
+        for device, used in by_device.items():
+            if sum(used.values()) > self.gpu.memory_budget + 1e-9:
+                shares = ", ".join(f"{name}={share:g}" for name, share in used.items())
+                where = f" on GPU {device}" if len(by_device) > 1 else ""
+                raise ValueError(
+                    f"gpu.memory_budget: the backends' gpu_memory_utilization add up to "
+                    f"{sum(used.values()):.2f}{where} ({shares}), above the budget of {self.gpu.memory_budget:g}; "
+                    f"lower a share or raise gpu.memory_budget"
+                )
         return self
 
     def gpu_shares(self) -> dict[str, float]:
+        """The fractions given in the configuration (`auto` shares come from the planner)."""
         return {
             b.name: b.launch.gpu_memory_utilization
             for b in self.backends
-            if b.launch and b.launch.gpu_memory_utilization is not None
+            if b.launch and isinstance(b.launch.gpu_memory_utilization, float)
         }
+
+    def gpu_shares_by_device(self) -> dict[str, dict[str, float]]:
+        """The given fractions summed where they are spent: per device a backend's vLLM uses (the first
+        --tensor-parallel-size entries of its CUDA_VISIBLE_DEVICES; device 0.. when unset)."""
+        from .planner.launch_args import BadLaunchArgs, read_flags
+
+        out: dict[str, dict[str, float]] = {}
+        for backend in self.backends:
+            launch = backend.launch
+            if launch is None:
+                continue
+            try:
+                flags = read_flags(launch.args)
+            except BadLaunchArgs:
+                flags = None
+            share = flags.gpu_memory_utilization if flags and flags.gpu_memory_utilization is not None \
+                else launch.gpu_memory_utilization
+            if not isinstance(share, float):
+                continue
+            tp = flags.tensor_parallel_size if flags else 1
+            visible = launch.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+            ids = [part.strip() for part in visible.split(",") if part.strip()] or [str(i) for i in range(tp)]
+            for device in ids[:tp]:
+                out.setdefault(device, {})[backend.name] = share
+        return out
 
     def warnings(self) -> list[str]:
         """Valid but risky choices, printed by `check-config` and at start-up."""
         notes = []
-        shares = self.gpu_shares()
-        total = sum(shares.values())
-        margin = 0.8 if len(shares) == 2 else 0.75
-        if len(shares) >= 2 and total > margin:
-            notes.append(
-                f"gpu: {len(shares)} co-located vLLM instances use {total:.2f} of GPU memory in sum; "
-                f"above {margin} leaves little room for CUDA contexts and activations"
-            )
+        by_device = self.gpu_shares_by_device()
+        for device, shares in by_device.items():
+            total = sum(shares.values())
+            margin = 0.8 if len(shares) == 2 else 0.75
+            if len(shares) >= 2 and total > margin:
+                where = f" on GPU {device}" if len(by_device) > 1 else ""
+                notes.append(
+                    f"gpu: {len(shares)} co-located vLLM instances use {total:.2f} of GPU memory in sum{where}; "
+                    f"above {margin} leaves little room for CUDA contexts and activations"
+                )
         if self.host not in ("127.0.0.1", "localhost", "::1") and not self.api_keys:
             notes.append("api_keys: none configured while listening beyond loopback; anyone who reaches the port can use it")
         return notes

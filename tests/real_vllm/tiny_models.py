@@ -9,6 +9,10 @@ Creates, unless already complete:
                      byte-level BPE tokenizer (~2048 tokens), ChatML chat template.
   OUTDIR/tiny-embed  BertModel (2 layers, hidden 128), WordPiece vocab (~2048 tokens),
                      sentence-transformers files selecting mean pooling + Normalize.
+  OUTDIR/tiny-gqa    tiny-chat with grouped-query attention: 4 query heads sharing 2 KV heads
+                     (head_dim 32), for the memory planner's KV-per-token check.
+  OUTDIR/tiny-hybrid Gemma2ForCausalLM, 4 layers alternating a 64-token sliding window and full
+                     attention (2 KV heads, head_dim 32): the planner's hybrid KV-cache groups.
 
 Weights are random but seeded, so the output is repeatable. The text they generate is
 nonsense; they exist to exercise the HTTP protocol, not to answer anything. Each model is
@@ -106,10 +110,20 @@ def training_corpus(seed: int, lines: int = 4000) -> list[str]:
 # --------------------------------------------------------------------------- chat model
 
 
-def build_chat(dest: Path) -> None:
+def build_chat(dest: Path, heads: int = HEADS, kv_heads: int = HEADS, name: str = "tiny-chat",
+               sliding_window: int | None = None) -> None:
+    """tiny-chat's tokenizer and a Llama; with `sliding_window`, a 4-layer Gemma 2 instead, whose
+    layers alternate sliding-window and full attention (a hybrid KV cache)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
@@ -139,22 +153,26 @@ def build_chat(dest: Path) -> None:
     hf_tok.chat_template = CHATML_TEMPLATE
     hf_tok.save_pretrained(dest)
 
-    config = LlamaConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=HIDDEN,
-        intermediate_size=2 * HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=HEADS,
-        max_position_embeddings=MAX_POSITIONS,
-        bos_token_id=ids["<s>"],
-        eos_token_id=ids["</s>"],
-        pad_token_id=ids["<pad>"],
-        tie_word_embeddings=False,
-        torch_dtype="float32",
-    )
+    shape = {
+        "vocab_size": tok.get_vocab_size(),
+        "hidden_size": HIDDEN,
+        "intermediate_size": 2 * HIDDEN,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "max_position_embeddings": MAX_POSITIONS,
+        "bos_token_id": ids["<s>"],
+        "eos_token_id": ids["</s>"],
+        "pad_token_id": ids["<pad>"],
+        "torch_dtype": "float32",
+    }
     torch.manual_seed(SEED)
-    model = LlamaForCausalLM(config).to(torch.float32).eval()
+    if sliding_window is None:
+        config = LlamaConfig(**shape, num_hidden_layers=LAYERS, tie_word_embeddings=False)
+        model = LlamaForCausalLM(config).to(torch.float32).eval()
+    else:
+        config = Gemma2Config(**shape, num_hidden_layers=4, head_dim=HIDDEN // heads, sliding_window=sliding_window,
+                              layer_types=["sliding_attention", "full_attention"] * 2)
+        model = Gemma2ForCausalLM(config).to(torch.float32).eval()
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<s>"],
         # Stop on either end marker; random weights rarely produce them, tests set max_tokens.
@@ -163,7 +181,15 @@ def build_chat(dest: Path) -> None:
     )
     model.save_pretrained(dest, safe_serialization=True)
     params = sum(p.numel() for p in model.parameters())
-    log(f"tiny-chat: vocab {config.vocab_size}, {params / 1e6:.2f} M parameters")
+    log(f"{name}: vocab {config.vocab_size}, {params / 1e6:.2f} M parameters, {heads} heads / {kv_heads} KV heads")
+
+
+def build_gqa(dest: Path) -> None:
+    build_chat(dest, heads=4, kv_heads=2, name="tiny-gqa")
+
+
+def build_hybrid(dest: Path) -> None:
+    build_chat(dest, heads=4, kv_heads=2, name="tiny-hybrid", sliding_window=64)
 
 
 def check_chat(path: Path) -> None:
@@ -362,8 +388,9 @@ def ensure(outdir: Path, name: str, build, check) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("outdir", type=Path, help="folder that receives tiny-chat/ and tiny-embed/")
-    parser.add_argument("--only", choices=["tiny-chat", "tiny-embed"], help="build just this model")
+    parser.add_argument("outdir", type=Path, help="folder that receives tiny-chat/, tiny-embed/, tiny-gqa/, tiny-hybrid/")
+    parser.add_argument("--only", choices=["tiny-chat", "tiny-embed", "tiny-gqa", "tiny-hybrid"],
+                        help="build just this model")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -371,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     outdir = args.outdir.resolve()
     outdir.mkdir(parents=True, exist_ok=True)
-    for name, build, check in (("tiny-chat", build_chat, check_chat), ("tiny-embed", build_embed, check_embed)):
+    models = (("tiny-chat", build_chat, check_chat), ("tiny-embed", build_embed, check_embed),
+              ("tiny-gqa", build_gqa, check_chat), ("tiny-hybrid", build_hybrid, check_chat))
+    for name, build, check in models:
         if args.only in (None, name):
             ensure(outdir, name, build, check)
     return 0

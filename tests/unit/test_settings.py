@@ -288,3 +288,55 @@ def test_unknown_key_inside_environment_json(monkeypatch) -> None:
 def test_secrets_never_appear_in_error_messages(write) -> None:
     message = error_of(write("backends: [{name: a, url: 'ftp://h:1', api_key: very-secret-key}]\n"))
     assert "very-secret-key" not in message
+
+
+# -- the memory planner's keys (gpu.memory, gpu_memory_utilization: auto and its targets) ------------------
+
+def launched(launch: str, extra: str = "") -> str:
+    return f"{extra}backends:\n  - {{name: guard, url: 'http://127.0.0.1:8000', launch: {{model: m, {launch}}}}}\n"
+
+
+def test_gpu_memory_takes_sizes_as_people_write_them(write) -> None:
+    assert load_settings(write("gpu: {memory: 48GB}\n")).gpu.memory == 48 * 10**9
+    assert load_settings(write("gpu: {memory: 45.5G}\n")).gpu.memory == int(45.5 * 2**30)
+    assert load_settings(write("gpu: {memory: 48000000000}\n")).gpu.memory == 48 * 10**9
+    message = error_of(write("gpu: {memory: lots}\n"))
+    assert "gpu.memory:" in message and "48GB (decimal)" in message
+
+
+def test_auto_with_a_target(write) -> None:
+    launch = load_settings(write(launched("gpu_memory_utilization: auto, max_model_len: 32768, "
+                                          "concurrent_sequences: 4"))).backends[0].launch
+    assert launch is not None and (launch.gpu_memory_utilization, launch.concurrent_sequences) == ("auto", 4)
+
+
+@pytest.mark.parametrize(("launch", "message"), [
+    ("gpu_memory_utilization: auto, concurrent_sequences: 2", "auto needs max_model_len"),
+    ("gpu_memory_utilization: auto, max_model_len: 8192", "exactly one target: concurrent_sequences"),
+    ("gpu_memory_utilization: auto, max_model_len: 8192, concurrent_sequences: 2, kv_cache_tokens: 9",
+     "exactly one target"),
+    ("gpu_memory_utilization: 0.5, concurrent_sequences: 2", "concurrent_sequences is a target for "
+                                                            "gpu_memory_utilization: auto"),
+    ("gpu_memory_utilization: auto, max_model_len: 8192, kv_cache_tokens: 9, args: [--kv-cache-memory-bytes, 8G]",
+     "auto computes --kv-cache-memory-bytes itself; remove it from launch.args"),
+    ("gpu_memory_utilization: 1.5", "a fraction of the GPU's total above 0 and at most 1, or auto"),
+    ("gpu_memory_utilization: automatic", "or auto (got 'automatic')"),
+    ("gpu_memory_utilization: auto, max_model_len: 8192, concurrent_sequences: 0", "concurrent_sequences"),
+])
+def test_planner_key_mistakes_name_the_key(write, launch: str, message: str) -> None:
+    text = error_of(write(launched(launch)))
+    assert "backends[0].launch" in text and message in text
+
+
+def test_the_share_sum_is_per_gpu(write) -> None:
+    two = ("backends:\n"
+           "  - {name: a, url: 'http://127.0.0.1:8000', launch: {model: m, gpu_memory_utilization: 0.8, "
+           "env: {CUDA_VISIBLE_DEVICES: '0'}}}\n"
+           "  - {name: b, url: 'http://127.0.0.1:8001', launch: {model: n, gpu_memory_utilization: 0.8, "
+           "env: {CUDA_VISIBLE_DEVICES: '1'}}}\n")
+    assert load_settings(write(two)).gpu_shares_by_device() == {"0": {"a": 0.8}, "1": {"b": 0.8}}
+    same = two.replace("CUDA_VISIBLE_DEVICES: '1'", "CUDA_VISIBLE_DEVICES: '0'")
+    assert "add up to 1.60 (a=0.8, b=0.8), above the budget of 0.9" in error_of(write(same))
+    tp = two.replace("gpu_memory_utilization: 0.8, env: {CUDA_VISIBLE_DEVICES: '1'}",
+                     "gpu_memory_utilization: 0.2, args: [-tp, '2'], env: {CUDA_VISIBLE_DEVICES: '1,0'}")
+    assert "add up to 1.00 on GPU 0 (a=0.8, b=0.2)" in error_of(write(tp))

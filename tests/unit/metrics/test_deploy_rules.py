@@ -124,7 +124,10 @@ def test_dashboard_queries_use_only_metrics_the_gateway_page_has():
     """Catches a renamed metric: each metric a query names is a gateway or vLLM family."""
     gateway = {"gateway_requests_total", "gateway_request_duration_seconds_bucket", "gateway_time_to_first_byte_seconds_bucket",
                "gateway_requests_in_flight", "gateway_upstream_errors_total", "gateway_backend_up",
-               "gateway_backend_restarts_total", "gateway_client_disconnects_total", "gateway_backend_scrape_errors_total"}
+               "gateway_backend_restarts_total", "gateway_client_disconnects_total", "gateway_backend_scrape_errors_total",
+               # app/gpu/telemetry.py, present only with a GPU
+               "gateway_gpu_memory_total_bytes", "gateway_gpu_memory_used_bytes", "gateway_gpu_utilization_ratio",
+               "gateway_backend_gpu_memory_bytes"}
     for title, expr in dashboard_queries().items():
         for metric in re.findall(r"\b((?:gateway_|vllm:)[a-z_:]+)\{", expr):
             assert metric in gateway or metric.startswith("vllm:"), (title, metric)

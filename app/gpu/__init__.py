@@ -1,0 +1,1 @@
+"""GPU telemetry through NVML: device memory and utilisation, and each launched backend's own share."""
