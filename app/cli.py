@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gateway (and launch backends that have a `launch:` section)")
-    serve.add_argument("--config", help="YAML configuration file (default: $GATEWAY_CONFIG; settings may also come from GATEWAY_* variables alone)")
+    serve.add_argument("--config", help="YAML configuration file (default: $GATEWAY_CONFIG; settings may also come "
+                                        "from GATEWAY_* variables alone)")
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--workers", type=int, help="gateway worker processes (default 1)")
@@ -297,7 +298,8 @@ Try it:
 
   from openai import OpenAI
   client = OpenAI(base_url="{base}", api_key="unused")
-  print(client.chat.completions.create(model="demo-chat", messages=[{{"role": "user", "content": "hi"}}]).choices[0].message.content)
+  answer = client.chat.completions.create(model="demo-chat", messages=[{{"role": "user", "content": "hi"}}])
+  print(answer.choices[0].message.content)
   print(len(client.embeddings.create(model="demo-embed", input="hello").data[0].embedding))
 
 Press Ctrl-C to stop.

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import sys
 import tempfile
-import shutil
-import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent

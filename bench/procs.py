@@ -6,6 +6,7 @@ nginx's worker). Nothing else is ever signalled.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,15 +27,11 @@ class Processes:
         """SIGTERM the child's group, then SIGKILL what is left after `grace` seconds."""
         if proc.poll() is None:
             _signal_group(proc, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
         _signal_group(proc, signal.SIGKILL)  # stragglers in the group (forked workers)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
         self._children = [(n, p) for n, p in self._children if p is not proc]
 
     def stop_all(self) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import statistics
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def median(runs: list[dict], key: str | Callable[[dict], float | None]) -> float | None:

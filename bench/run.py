@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import contextlib
+
 from bench import loads, nginx_upstream, report, shapes  # noqa: E402
 from bench.procs import Processes, wait_port  # noqa: E402
 from bench.procstat import TreeMeter  # noqa: E402
@@ -179,7 +181,7 @@ class Bench:
 
     def run_loads(self, gateway_url: str, meter: TreeMeter) -> None:
         direct_url = f"http://127.0.0.1:{next(iter(self.nginx_ports))}"
-        for name, size, connections in self.request_loads():
+        for name, _size, _connections in self.request_loads():
             runs: dict[str, list[dict]] = {"direct": [], "gateway": []}
             self.results["loads"][name] = runs
             targets = {"direct": (direct_url, None), "gateway": (gateway_url, meter)}
@@ -307,10 +309,8 @@ def _native_modules(pids: list[int]) -> dict[str, bool]:
     """Which C speedups the gateway's processes have mapped (uvicorn picks them silently when present)."""
     maps = ""
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):
             maps += Path(f"/proc/{pid}/maps").read_text()
-        except OSError:
-            pass
     return {name: f"/{name}/" in maps for name in ("uvloop", "httptools", "orjson")}
 
 

@@ -67,7 +67,7 @@ async def one(host: str, port: int, request: bytes, timeout: float) -> StreamCli
     try:
         await loop.create_connection(lambda: protocol, host, port)
         await asyncio.wait_for(finished, timeout)
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         if protocol.transport is not None:
             protocol.transport.abort()
         return type(exc).__name__

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from ..errors import GatewayError, error_body
 
@@ -22,7 +23,7 @@ class GatewayApp(FastAPI):
         super().__init__(*args, **kwargs)
         self.fast_routes: dict[str, Any] = {}
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:  # type: ignore[override]
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             endpoint = self.fast_routes.get(scope["path"])
             if endpoint is not None:

@@ -8,7 +8,8 @@ from fastapi import FastAPI
 from starlette.routing import Route, WebSocketRoute
 
 from ..forwarding.forwarder import Forwarder
-from ..forwarding.realtime import PATH as REALTIME_PATH, RealtimeEndpoint
+from ..forwarding.realtime import PATH as REALTIME_PATH
+from ..forwarding.realtime import RealtimeEndpoint
 
 # Every vLLM route whose JSON body carries `model` (vLLM reference, section 1.2).
 JSON_MODEL_ROUTES = (

@@ -78,7 +78,7 @@ class StoredResponses:
             backend, upstream = addresses[0]
             return backend, upstream, _served_model(backend)
         answers = await asyncio.gather(*(_holds(u, response_id, b.timeouts.response_head) for b, u in addresses))
-        for (backend, upstream), model in zip(addresses, answers):
+        for (backend, upstream), model in zip(addresses, answers, strict=False):
             if model is not None:
                 model = model if model in backend.model_names else _served_model(backend)
                 self.affinity.remember(response_id, Holder(backend.name, upstream.url, model))

@@ -17,7 +17,13 @@ from typing import Any
 
 import httpx
 import orjson
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 from ..errors import GatewayError, ServiceUnavailable, error_body, send_error, sse_error_event
 from ..http.downstream import downstream_of
@@ -124,8 +130,8 @@ class Exchange:
             await send_error(self.send, error, self.request_id)
         finally:
             self.watchdog.stop()
-            if acquired:
-                limit.release()  # type: ignore[union-attr]
+            if acquired and limit is not None:
+                limit.release()
             self.finished = True
             if watcher is not None:
                 watcher.cancel()

@@ -146,7 +146,8 @@ def while_reading(exc: httpx.HTTPError) -> tuple[str, str]:
     return BROKEN, type(exc).__name__
 
 
-def failed(metrics: GatewayMetrics, backend: Backend, phase: str, cause: str, detail: str = "") -> tuple[Failure, GatewayError | None]:
+def failed(metrics: GatewayMetrics, backend: Backend, phase: str, cause: str,
+           detail: str = "") -> tuple[Failure, GatewayError | None]:
     """Record the failure (metric, breaker) and return it with the client's answer."""
     failure = TABLE[(phase, cause)]
     if failure.kind is not None:

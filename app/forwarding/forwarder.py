@@ -12,7 +12,15 @@ import logging
 import time
 from typing import Any
 
-from ..errors import BadRequest, ClientGone, GatewayError, MethodNotAllowed, ResponseNotFound, ServiceUnavailable, send_error
+from ..errors import (
+    BadRequest,
+    ClientGone,
+    GatewayError,
+    MethodNotAllowed,
+    ResponseNotFound,
+    ServiceUnavailable,
+    send_error,
+)
 from ..metrics import RequestMetrics
 from ..metrics.gateway import NO_BACKEND, UNKNOWN_MODEL
 from ..routing.admission import refusal

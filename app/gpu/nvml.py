@@ -7,6 +7,7 @@ runs a whole snapshot off the event loop (see telemetry.py).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +40,8 @@ class NvmlGpus:
         return list(self._devices)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(self._lib.NVMLError):
             self._lib.nvmlShutdown()
-        except self._lib.NVMLError:
-            pass
 
 
 @dataclass

@@ -40,7 +40,8 @@ def split_by_owner(processes: Iterable[tuple[int, int | None]], pgids: Mapping[s
     ours: dict[str, int] = dict.fromkeys(pgids, 0)
     foreign: list[tuple[int, int]] = []
     for pid, used in processes:
-        name = owner_of.get(pgid_of(pid))  # type: ignore[arg-type]
+        pgid = pgid_of(pid)
+        name = owner_of.get(pgid) if pgid is not None else None
         if name is not None:
             ours[name] += used or 0
         else:

@@ -80,7 +80,7 @@ class GpuTelemetry:
                 total, used = device.memory()
                 busy = device.utilization()
                 ours, foreign = split_by_owner(device.processes(), pgids, self._pgid_of)
-            except Exception as exc:  # noqa: BLE001 - one lost device must not hide the others
+            except Exception as exc:  # any NVML failure: one lost device must not hide the others
                 errors.append(f"GPU {device.index}: {exc}")
                 continue
             readings.append(DeviceReading(device.index, device.uuid, device.name, total, used, busy, ours,

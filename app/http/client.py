@@ -424,7 +424,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
         try:
             body = request.content
         except httpx.RequestNotRead:
-            body = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
+            stream = request.stream
+            assert isinstance(stream, httpx.AsyncByteStream)  # what httpx.AsyncClient sends
+            body = b"".join([part async for part in stream])
         head = b"".join((request.method.encode(), b" ", url.raw_path, b" HTTP/1.1\r\n",
                          *[b"%s: %s\r\n" % pair for pair in request.headers.raw], b"\r\n"))
         conn = await self.exchange((url.host, url.port or 80), head, body, timeouts.get("connect"), read, request)

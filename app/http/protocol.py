@@ -33,6 +33,7 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
 
     _lean_routes: dict[str, Any] | None
 
+    # As uvicorn's own: asyncio.Protocol declares BaseTransport, a TCP server passes a Transport.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(HeadHoldingTransport(transport, self.loop))
         if self.client is None:  # IPv6: uvicorn reads only 2-tuples from the transport's extra info

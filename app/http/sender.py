@@ -51,12 +51,17 @@ class HttpxReply:
         self.complete = False  # unknown until read: the watchdog bounds the read
         self._chunks: Any = None
 
+    def _stream(self) -> httpx.AsyncByteStream:
+        stream = self.response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)  # an async transport's response
+        return stream
+
     async def read_all(self) -> bytes:
-        return b"".join([chunk async for chunk in self.response.stream])  # type: ignore[union-attr]
+        return b"".join([chunk async for chunk in self._stream()])
 
     async def next_chunk(self) -> bytes | None:
         if self._chunks is None:
-            self._chunks = self.response.stream.__aiter__()  # type: ignore[union-attr]
+            self._chunks = self._stream().__aiter__()
         try:
             chunk: bytes = await self._chunks.__anext__()
         except StopAsyncIteration:

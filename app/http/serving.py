@@ -134,6 +134,7 @@ def run_workers(factory: str, workers: int, host: str, port: int, **serving: Any
         shown = f"[{host}]" if ":" in host else host
         log.info("serving on http://%s:%d with %d workers, each accepting on its own socket (SO_REUSEPORT)",
                  shown, port, workers)
+        # A picklable stand-in: each worker turns it into its own socket when it unpickles it.
         uv.Multiprocess(config, sockets=[WorkerSocket(host, port)]).run()  # type: ignore[list-item]
     finally:
         reserved.close()

@@ -34,9 +34,15 @@ CYCLE_ATTRIBUTES = (
 )
 
 try:
-    from uvicorn.protocols.http.httptools_impl import (HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol,
-                                                       RequestResponseCycle)
-except ImportError:  # httptools missing: stock uvicorn with h11
+    from uvicorn.protocols.http.httptools_impl import (
+        HEADER_RE,
+        HEADER_VALUE_RE,
+        STATUS_LINE,
+        HttpToolsProtocol,
+        RequestResponseCycle,
+    )
+except ImportError:  # httptools missing: stock uvicorn with h11 (`fast_path_problem` says so)
+    # mypy checks the names as imported above; here they only mark "not available".
     HttpToolsProtocol = RequestResponseCycle = None  # type: ignore[assignment,misc]
     HEADER_RE = HEADER_VALUE_RE = STATUS_LINE = None  # type: ignore[assignment]
 

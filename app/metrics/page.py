@@ -19,11 +19,11 @@ from urllib.parse import urlsplit
 import httpx
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
-from .gateway import GatewayMetrics
-from .merge import PageMerger, label_text
 from ..routing.backend import Backend, Upstream
 from ..routing.registry import Registry
 from ..routing.state import READY, UNKNOWN
+from .gateway import GatewayMetrics
+from .merge import PageMerger, label_text
 
 log = logging.getLogger("vllm_gateway.metrics")
 
@@ -82,7 +82,7 @@ class MetricsPage:
                 jobs.append((backend, upstream, label_text(backend.name, _replica(upstream.url) if several else None)))
         texts = await asyncio.gather(*(self._scrape(backend, upstream) for backend, upstream, _ in jobs))
         merger = PageMerger()
-        for (backend, _, labels), text in zip(jobs, texts):
+        for (backend, _, labels), text in zip(jobs, texts, strict=False):
             if text is None:
                 continue
             try:

@@ -8,6 +8,7 @@ the planner needs are read; everything else is left to vLLM.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .sizes import vllm_int
 
@@ -77,7 +78,7 @@ class VllmFlags:
 
 def read_flags(args: list[str]) -> VllmFlags:
     """The memory-relevant flags in `args` (last one wins, as in argparse)."""
-    found: dict[str, object] = {}
+    found: dict[str, Any] = {}  # field -> value, each converted to its field's type by _convert
     index = 0
     while index < len(args):
         token = args[index]
@@ -96,7 +97,7 @@ def read_flags(args: list[str]) -> VllmFlags:
             field = _VALUED[name]
             found.update(_convert(name, field, raw))
         index += 1
-    return VllmFlags(**found)  # type: ignore[arg-type]
+    return VllmFlags(**found)
 
 
 def _convert(flag: str, field: str, raw: str) -> dict[str, object]:

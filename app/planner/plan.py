@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from ..settings import BackendConfig, Settings
+from ..settings import BackendConfig, LaunchConfig, Settings
 from .architecture import DTYPE_BYTES, MissingField, ModelFacts, UnsupportedModel, model_facts
 from .kv_cache import KvLayout, kv_dtype_bytes, kv_layout
 from .launch_args import BadLaunchArgs, VllmFlags, read_flags
@@ -196,18 +196,19 @@ def _plan_one(backend: BackendConfig, base_env: dict[str, str], totals: dict[str
 
 def _unknown_factory(backend: BackendConfig, env: dict[str, str]) -> Callable[[str], BackendPlan]:
     assert backend.launch is not None
+    model = backend.launch.model
 
     def make(reason: str) -> BackendPlan:
-        return BackendPlan(backend.name, backend.launch.model, "unknown", reason, ())  # type: ignore[union-attr]
+        return BackendPlan(backend.name, model, "unknown", reason, ())
 
     return make
 
 
-def _target(launch: object, share: float | str | None) -> str:
+def _target(launch: LaunchConfig, share: float | str | None) -> str:
     if share == "auto":
-        if getattr(launch, "concurrent_sequences", None):
-            return f"auto: {launch.concurrent_sequences} x {launch.max_model_len}-token sequences"  # type: ignore[attr-defined]
-        return f"auto: {launch.kv_cache_tokens} KV tokens"  # type: ignore[attr-defined]
+        if launch.concurrent_sequences:
+            return f"auto: {launch.concurrent_sequences} x {launch.max_model_len}-token sequences"
+        return f"auto: {launch.kv_cache_tokens} KV tokens"
     if isinstance(share, float):
         return f"share {share:g}"
     return f"share {VLLM_DEFAULT_SHARE:g} (vLLM's default)"

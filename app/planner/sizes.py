@@ -25,7 +25,7 @@ SIZE_HELP = "a size such as 48GB (decimal), 45GiB (binary), 45.5G (binary, as vL
 def parse_size(value: str | int) -> int:
     """Bytes from `48GB`, `45GiB`, `45.5G`, `48000000000` or an int; ValueError says what is accepted."""
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not {SIZE_HELP}")  # noqa: TRY004 - validators report ValueError with the key
+        raise ValueError(f"{value!r} is not {SIZE_HELP}")  # a ValueError, not TypeError: pydantic reports it with the key
     if isinstance(value, int):
         if value <= 0:
             raise ValueError(f"{value} is not a positive number of bytes")

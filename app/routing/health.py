@@ -55,7 +55,7 @@ class HealthMonitor:
     async def check_all(self) -> dict[str, bool]:
         backends = list(self.registry.backends.values())
         results = await asyncio.gather(*(self.check(b) for b in backends))
-        return {b.name: ok for b, ok in zip(backends, results)}
+        return {b.name: ok for b, ok in zip(backends, results, strict=False)}
 
     async def run(self) -> None:
         """The one long-lived loop that keeps health states and model lists fresh."""

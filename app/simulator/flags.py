@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from typing import Any
 
 from .config import MAX_LORA_RANKS, LoRAModule, environment_flags, parse_lora_module
 
@@ -31,7 +32,7 @@ def add_vllm_flags(parser: argparse.ArgumentParser) -> None:
                         help="seconds reading an adapter from disk takes (default 0)")
 
 
-def vllm_settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, object]:
+def vllm_settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
     """SimulatorConfig fields from the flags above and vLLM's environment variables."""
     modules: list[LoRAModule] = [parse_lora_module(item) for item in args.lora_modules if item]
     return {

@@ -74,7 +74,7 @@ class Supervisor:
         for task in self.tasks:
             task.cancel()
         results = await asyncio.gather(*self.tasks, return_exceptions=True)
-        for unit, result in zip(self.units, results):
+        for unit, result in zip(self.units, results, strict=False):
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.error("supervising backend %r failed: %r", unit.backend.name, result)
         self.tasks.clear()
@@ -328,7 +328,7 @@ async def _settle(relay: asyncio.Task[None], timeout: float = 2.0) -> None:
 async def _port_taken(host: str, port: int) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     with contextlib.suppress(Exception):

@@ -30,9 +30,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from openai import OpenAI
 
-from vllm_gateway.api.model_routes import JSON_MODEL_ROUTES, MULTIPART_MODEL_ROUTES
 from tests.load import rawhttp
 from tests.load.processes import Service, gateway_process, sim_stats, simulator_process
+from vllm_gateway.api.model_routes import JSON_MODEL_ROUTES, MULTIPART_MODEL_ROUTES
 
 MODEL_ROUTES = frozenset(JSON_MODEL_ROUTES + MULTIPART_MODEL_ROUTES)
 PROBES = frozenset({"/health", "/v1/models", "/metrics"})  # what the gateway itself asks a backend

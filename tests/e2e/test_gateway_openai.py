@@ -18,8 +18,8 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from vllm_gateway.simulator import shapes
 from tests.servers import CHAT, EMBEDDING, Running, gateway, running, simulator, wait_for
+from vllm_gateway.simulator import shapes
 
 BACKEND_KEY = "backend-secret-42"
 CLIENT_KEY = "client-key-7"

@@ -22,9 +22,9 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from tests.servers import gateway_settings, running, wait_for
 from vllm_gateway.gateway import create_app
 from vllm_gateway.supervise.process import group_alive, signal_group
-from tests.servers import gateway_settings, running, wait_for
 
 ROOT = str(Path(__file__).resolve().parents[2])
 PY = sys.executable

@@ -11,9 +11,9 @@ from collections import Counter
 
 import pytest
 
-from vllm_gateway.gateway import create_app
 from tests.garbage import cyclic_garbage
 from tests.servers import CHAT, EMBEDDING, gateway, gateway_settings, running, simulator, wait_for
+from vllm_gateway.gateway import create_app
 
 EMBED = b'{"model":"sim-embed","input":"hello"}'
 CHAT_STREAM = b'{"model":"sim-chat","stream":true,"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'

@@ -8,8 +8,8 @@ import httpx
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import CHAT, EMBEDDING, gateway, running, simulator, wait_for
 from tests.promtool import promtool_findings
+from tests.servers import CHAT, EMBEDDING, gateway, running, simulator, wait_for
 
 
 def scrape(url: str) -> str:

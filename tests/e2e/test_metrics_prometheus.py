@@ -154,7 +154,7 @@ def test_prometheus_scrapes_the_gateway_and_every_dashboard_query_evaluates(prom
         kv = {s["metric"]["backend"] for s in query(url, required["KV-cache usage per backend"])}
         assert kv == {"chat", "embed"}
         # The other panels' queries are valid PromQL on this data (some are empty without errors or restarts).
-        for title, expr in queries.items():
+        for _title, expr in queries.items():
             query(url, expr)
         # The alerting rules load and evaluate against the gateway's series.
         time.sleep(1.5)  # at least one evaluation at the 1 s interval

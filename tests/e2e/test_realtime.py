@@ -21,8 +21,8 @@ from openai import OpenAI
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from vllm_gateway.gateway import create_app
 from tests.servers import Running, gateway, gateway_settings, running, sim_stats, simulator, wait_for
+from vllm_gateway.gateway import create_app
 
 # The openai SDK's sync realtime client drives `websockets` in a way websockets 17 deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")

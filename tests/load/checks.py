@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from vllm_gateway.simulator.shapes import word
 from tests.load import rawhttp
+from vllm_gateway.simulator.shapes import word
 
 
 def chat(model: str, max_tokens: int, stream: bool, request_id: str | None = None, keep_alive: bool = True,

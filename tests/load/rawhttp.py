@@ -9,6 +9,7 @@ EOF), and hand back its status, headers and body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 import orjson
@@ -108,10 +109,8 @@ class Connection:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
 
 async def exchange_once(port: int, data: bytes, method: str = "POST", timeout: float = 30.0) -> Reply:

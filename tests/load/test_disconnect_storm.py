@@ -24,6 +24,7 @@ the gateway's in-flight gauge back to 0. Then normal streams still work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -81,10 +82,8 @@ async def _drop(port: int, mode: str, model: str, rng: random.Random, go: asynci
             await _reset(writer)
         else:
             writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
     return mode, events
 
 

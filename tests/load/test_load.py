@@ -24,7 +24,6 @@ import httpx
 import orjson
 import pytest
 
-from vllm_gateway.http.serving import bind
 from tests.load import rawhttp
 from tests.load.checks import chat, check_stream
 from tests.load.processes import (
@@ -37,6 +36,7 @@ from tests.load.processes import (
     sim_stats,
     wait_until,
 )
+from vllm_gateway.http.serving import bind
 
 STREAMS = 2000
 SOAK_REQUESTS = int(os.environ.get("GATEWAY_SOAK_REQUESTS", "20000"))

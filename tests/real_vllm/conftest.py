@@ -9,6 +9,7 @@ fails. `GATEWAY_SKIP_VLLM=1` skips it on purpose (e.g. a laptop without the disk
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -168,7 +169,5 @@ def _stop(gw: LiveGateway) -> None:
             os.killpg(gw.proc.pid, signal.SIGKILL)
             gw.proc.wait(10)
     for pid in gw.seen_pids:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from vllm_gateway.planner.plan import BackendPlan, build_plan
-from vllm_gateway.settings import Settings
 
 from tests.real_vllm.conftest import CACHE, ROOT, LiveGateway, _free_port, _run, _vllm_python
+from vllm_gateway.planner.plan import BackendPlan, build_plan
+from vllm_gateway.settings import Settings
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 

@@ -68,13 +68,7 @@ def log(msg: str) -> None:
 def training_corpus(seed: int, lines: int = 4000) -> list[str]:
     """Deterministic, varied text: words, numbers, punctuation, code, JSON, non-ASCII."""
     rng = random.Random(seed)
-    common = (
-        "the a an of to and in is it that for on with as was at by be this from are or "
-        "have not you he she they we can will what which when where who how model request "
-        "response server token stream chat completion embedding gateway proxy health metrics "
-        "error timeout user assistant system hello world please answer question data time "
-        "number value list name test result first last next more less good new old big small"
-    ).split()
+    common = ["the", "a", "an", "of", "to", "and", "in", "is", "it", "that", "for", "on", "with", "as", "was", "at", "by", "be", "this", "from", "are", "or", "have", "not", "you", "he", "she", "they", "we", "can", "will", "what", "which", "when", "where", "who", "how", "model", "request", "response", "server", "token", "stream", "chat", "completion", "embedding", "gateway", "proxy", "health", "metrics", "error", "timeout", "user", "assistant", "system", "hello", "world", "please", "answer", "question", "data", "time", "number", "value", "list", "name", "test", "result", "first", "last", "next", "more", "less", "good", "new", "old", "big", "small"]
     extra = ["café", "naïve", "Größe", "日本語", "中文", "русский", "emoji 🙂", "ελληνικά", "عربى"]
     syllables = ["ka", "lo", "mi", "ne", "tor", "ven", "sul", "pra", "dex", "qu", "zo", "rith"]
     punct = [".", ",", "!", "?", ":", ";", "...", " -", "'s"]

@@ -79,7 +79,7 @@ class Stage:
         values: dict[str, str] = {}
         for command in self.all("ENV"):
             pairs = command.value  # the parser gives key, value, key, value, ...
-            values.update(dict(zip(pairs[::2], pairs[1::2])))
+            values.update(dict(zip(pairs[::2], pairs[1::2], strict=False)))
         return values
 
     def copies(self) -> dict[str, str]:
@@ -319,7 +319,7 @@ def test_monitoring_services_mount_the_metrics_artefacts_where_they_point() -> N
     assert grafana["/etc/grafana/provisioning/datasources/prometheus.yml"] == "./deploy/grafana/provisioning/datasources/prometheus.yml"
     assert grafana["/etc/grafana/provisioning/dashboards/vllm-gateway.yml"] == "./deploy/grafana/provisioning/dashboards/vllm-gateway.yml"
     for name in ("prometheus", "grafana"):
-        for target, source in bind_mounts(services[name]).items():
+        for _target, source in bind_mounts(services[name]).items():
             if source.startswith("./"):
                 assert (ROOT / source).is_file(), f"{name} mounts {source}, which does not exist"
     scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())

@@ -87,7 +87,7 @@ async def test_each_watchdog_expires_on_its_own_deadline() -> None:
         deadlines = Deadlines(loop)
         tasks = [loop.create_task(_sleeper(0.3)) for _ in range(3)]
         now = loop.time()
-        for task, after in zip(tasks, (0.02, 1.0, 0.04)):
+        for task, after in zip(tasks, (0.02, 1.0, 0.04), strict=False):
             deadlines.watchdog(task).move(now + after)
         return list(await asyncio.gather(*tasks))
 

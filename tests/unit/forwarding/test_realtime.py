@@ -10,9 +10,19 @@ import pytest
 
 from vllm_gateway.errors import BadGateway, BadRequest, ModelNotFound, PayloadTooLarge, ServiceUnavailable
 from vllm_gateway.forwarding.context import ForwardingContext
-from vllm_gateway.forwarding.realtime import (MAX_HELD_BYTES, MAX_HELD_MESSAGES, Opening, RealtimeEndpoint, close_code,
-                                              error_event, handshake_headers, passable, resolve, session_created,
-                                              websocket_url)
+from vllm_gateway.forwarding.realtime import (
+    MAX_HELD_BYTES,
+    MAX_HELD_MESSAGES,
+    Opening,
+    RealtimeEndpoint,
+    close_code,
+    error_event,
+    handshake_headers,
+    passable,
+    resolve,
+    session_created,
+    websocket_url,
+)
 from vllm_gateway.metrics import GatewayMetrics
 from vllm_gateway.routing.registry import Registry
 from vllm_gateway.settings import Settings

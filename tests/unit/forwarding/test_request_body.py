@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vllm_gateway.forwarding import request_body as bodies
 from vllm_gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from vllm_gateway.forwarding import request_body as bodies
 
 JSON = [(b"content-type", b"application/json")]
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from vllm_gateway.gpu.nvml import NvmlGpus, open_nvml
 
 

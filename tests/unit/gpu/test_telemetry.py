@@ -6,6 +6,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
 from vllm_gateway.gpu.fake import FakeGpu, FakeGpus
 from vllm_gateway.gpu.telemetry import GpuTelemetry, register_gpu_metrics
 

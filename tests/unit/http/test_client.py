@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from vllm_gateway.http.client import LeanTransport
 from tests.garbage import cyclic_garbage
+from vllm_gateway.http.client import LeanTransport
 
 Answer = Callable[[int, bytes, asyncio.StreamWriter], Awaitable[None]]
 

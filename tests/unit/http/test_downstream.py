@@ -7,7 +7,6 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
-
 from uvicorn.protocols.http.flow_control import FlowControl
 
 from vllm_gateway.http import downstream

@@ -6,8 +6,6 @@ The real vLLM pages come from `shared/reference/vllm-samples/` (captures of vLLM
 from __future__ import annotations
 
 import math
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,8 +14,8 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from vllm_gateway.metrics.merge import PageMerger, label_text
 from tests.promtool import promtool_findings
+from vllm_gateway.metrics.merge import PageMerger, label_text
 
 SAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "vllm-samples"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from vllm_gateway.metrics.multiprocess import ENV, clear_chosen_dir, worker_metrics_dir
 from tests.promtool import promtool_findings
+from vllm_gateway.metrics.multiprocess import ENV, clear_chosen_dir, worker_metrics_dir
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -13,12 +13,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.promtool import promtool_findings
 from vllm_gateway.metrics import GatewayMetrics
 from vllm_gateway.metrics.page import CONTENT_TYPE, MetricsPage, _replica
 from vllm_gateway.routing.registry import Registry
-from vllm_gateway.routing.state import READY, UNHEALTHY
 from vllm_gateway.settings import Settings
-from tests.promtool import promtool_findings
 
 
 def vllm_text(model: str, tokens: int) -> str:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from vllm_gateway.planner.architecture import MissingField, UnsupportedModel, model_facts, text_config
 
 from tests.unit.planner.published import config
+from vllm_gateway.planner.architecture import MissingField, UnsupportedModel, model_facts, text_config
 
 
 def test_grouped_query_attention_counts_kv_heads_not_query_heads() -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from vllm_gateway.planner.architecture import UnsupportedModel, model_facts
-from vllm_gateway.planner.kv_cache import kv_dtype_bytes, kv_layout
 
 from tests.unit.planner.published import config
+from vllm_gateway.planner.architecture import UnsupportedModel, model_facts
+from vllm_gateway.planner.kv_cache import kv_dtype_bytes, kv_layout
 
 KIB = 1024
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from vllm_gateway.planner.launch_args import BadLaunchArgs, read_flags
 
 

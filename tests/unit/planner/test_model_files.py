@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from vllm_gateway.planner.model_files import ModelUnavailable, hub_cache_dir, offline, read_model_files
 
 from tests.unit.planner.published import FIXTURES, write_safetensors
+from vllm_gateway.planner.model_files import ModelUnavailable, hub_cache_dir, offline, read_model_files
 
 
 def hf_cache(root: Path, repo: str, files: dict[str, Path], revision: str = "0123456789abcdef") -> Path:

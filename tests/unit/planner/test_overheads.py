@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.unit.planner.published import config
 from vllm_gateway.planner.architecture import model_facts
 from vllm_gateway.planner.overheads import (
     CUDA_CONTEXT,
@@ -11,8 +12,6 @@ from vllm_gateway.planner.overheads import (
     default_max_seqs,
     estimates,
 )
-
-from tests.unit.planner.published import config
 
 GIB = 2**30
 

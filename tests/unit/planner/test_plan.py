@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vllm_gateway.supervise.process import command_line
+
+from tests.unit.planner.published import FIXTURES, header_only_model
 from vllm_gateway.planner.architecture import model_facts
 from vllm_gateway.planner.kv_cache import kv_layout
 from vllm_gateway.planner.plan import PlanError, build_plan, launch_flags, planned_backend
 from vllm_gateway.settings import Settings
-
-from tests.unit.planner.published import FIXTURES, header_only_model
+from vllm_gateway.supervise.process import command_line
 
 GB = 10**9
 L40S = 48 * GB

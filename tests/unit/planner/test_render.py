@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
+from tests.unit.planner.published import FIXTURES
 from vllm_gateway.planner.plan import build_plan
 from vllm_gateway.planner.render import plan_json, plan_line, plan_table
 from vllm_gateway.settings import Settings
-
-from tests.unit.planner.published import FIXTURES
 
 GB = 10**9
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "/nonexistent"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from vllm_gateway.planner.sizes import GIB, gib, parse_size, vllm_int
 
 

@@ -7,10 +7,10 @@ import struct
 from pathlib import Path
 
 import pytest
-from vllm_gateway.planner.architecture import model_facts
-from vllm_gateway.planner.weights import BadWeights, from_index, loaded, read_files, read_header
 
 from tests.unit.planner.published import FIXTURES, config, write_safetensors
+from vllm_gateway.planner.architecture import model_facts
+from vllm_gateway.planner.weights import BadWeights, from_index, loaded, read_files, read_header
 
 
 def test_header_bytes_are_summed_over_every_shard(tmp_path: Path) -> None:

@@ -283,7 +283,7 @@ async def test_status_shape_and_no_secrets(fake) -> None:
 async def test_idle_backend_connections_expire_a_second_before_the_backends_keep_alive() -> None:
     settings = Settings(backends=[{"name": "a", "url": "http://a:1"},
                                   {"name": "b", "url": "http://b:1", "launch": {"model": "m"}}])
-    for config, expiry in zip(settings.backends, (4, 59)):
+    for config, expiry in zip(settings.backends, (4, 59), strict=False):
         upstream = make_upstream(config.all_urls[0], settings, config, None)
         assert upstream.sender.transport.keepalive_expiry == expiry
         await upstream.client.aclose()

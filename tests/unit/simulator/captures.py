@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from vllm_gateway.simulator import write_adapter
 
 RECORDED = json.loads((Path(__file__).with_name("vllm_dev_sleep_lora.json")).read_text(encoding="utf-8"))

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import orjson
+
 from vllm_gateway.simulator import CHAT, EMBEDDING, Simulator, SimulatorConfig
 
 SAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "vllm-samples"

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from vllm_gateway.simulator import write_adapter
 from vllm_gateway.simulator.adapters import (
     AdapterInvalid,

@@ -6,6 +6,7 @@ import asyncio
 
 import httpx
 import pytest
+
 from vllm_gateway.simulator import Simulator, SimulatorConfig
 
 from .replay import CHAT_SIM, EMBED_SIM, exactly_as_captured

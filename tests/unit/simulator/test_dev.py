@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from vllm_gateway.simulator import Simulator, SimulatorConfig
 
 from .captures import record, recorded_sleep_state, replay, sleep_state_lines

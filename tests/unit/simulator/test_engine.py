@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from vllm_gateway.simulator.engine import PAUSED_ALL, PAUSED_NEW, Aborted, Engine
 from vllm_gateway.simulator.metrics import SimMetrics
 

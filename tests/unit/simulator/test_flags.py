@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from vllm_gateway.cli import _parser
 from vllm_gateway.simulator import (
     LoRAModule,

@@ -7,6 +7,7 @@ import asyncio
 import httpx
 import orjson
 import pytest
+
 from vllm_gateway.simulator import Simulator, SimulatorConfig, shapes
 
 from .replay import (

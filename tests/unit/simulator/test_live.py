@@ -11,9 +11,9 @@ import openai
 import pytest
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
-from vllm_gateway.simulator import shapes, write_adapter
 
 from tests.servers import running, simulator, wait_for
+from vllm_gateway.simulator import shapes, write_adapter
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 

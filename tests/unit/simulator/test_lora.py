@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from vllm_gateway.simulator import LoRAModule, Simulator, SimulatorConfig, shapes
 
 from .captures import make_adapters, record, replay

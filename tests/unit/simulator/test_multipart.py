@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+
 from vllm_gateway.simulator.multipart import boundary, form_field
 
 

@@ -7,6 +7,7 @@ import base64
 import struct
 
 import pytest
+
 from vllm_gateway.simulator import Simulator, SimulatorConfig
 
 from .replay import EMBED_SIM, Sample, exactly_as_captured, send, shaped_as_captured

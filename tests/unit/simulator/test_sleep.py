@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from vllm_gateway.simulator import EMBEDDING, Simulator, SimulatorConfig, shapes
 
 from .captures import payloads, record

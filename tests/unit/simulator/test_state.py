@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from vllm_gateway.simulator import Simulator, SimulatorConfig
 from vllm_gateway.simulator.state import peak_share
 

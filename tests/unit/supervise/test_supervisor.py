@@ -16,24 +16,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from vllm_gateway.supervise import process as launch
+from tests.servers import running, simulator
 from vllm_gateway.cli import main as cli_main
 from vllm_gateway.metrics import GatewayMetrics
+from vllm_gateway.routing.discovery import ModelDiscovery
+from vllm_gateway.routing.health import HealthMonitor
 from vllm_gateway.routing.registry import Registry
 from vllm_gateway.routing.state import FAILED, READY, RESTARTING, STARTING, STOPPED, UNHEALTHY
 from vllm_gateway.settings import ConfigError, Settings, load_settings
-from vllm_gateway.supervise.policy import backoff, count_failure, describe_exit, gives_up, unhealthy_too_long
+from vllm_gateway.supervise import process as launch
 from vllm_gateway.supervise.output import OutputRelay
+from vllm_gateway.supervise.policy import backoff, count_failure, describe_exit, gives_up, unhealthy_too_long
 from vllm_gateway.supervise.supervisor import Supervisor
-from vllm_gateway.routing.discovery import ModelDiscovery
-from vllm_gateway.routing.health import HealthMonitor
-from tests.servers import running, simulator
 
 PY = sys.executable
 ROOT = str(Path(__file__).resolve().parents[3])
