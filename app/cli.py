@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .gpu.nvml import nvml_totals
 from .planner.plan import Plan, planned_backend
 from .planner.render import plan_line
+from .planner.startup import plan_gateway
 from .settings import KEEP_ALIVE_ENV, VLLM_KEEP_ALIVE, ConfigError, Settings, load_settings
 from .simulator.flags import add_vllm_flags, vllm_settings
 
@@ -102,8 +104,18 @@ def _serve(args: argparse.Namespace) -> int:
         from .gateway import create_app
         from .metrics.multiprocess import clear_chosen_dir
 
+        memory_plan = None
+        if any(b.launch for b in settings.backends):
+            memory_plan = plan_gateway(settings)
+            for planned in memory_plan.backends:
+                logging.getLogger("vllm_gateway").info("plan: %s", plan_line(planned))
+            refusals = memory_plan.refusals()
+            for line in refusals:
+                print(f"vllm-gateway: {line}", file=sys.stderr)
+            if refusals:
+                return 2  # nothing launched: `vllm-gateway plan` shows the whole table
         clear_chosen_dir()  # before the app's metrics exist: no counts from an earlier run
-        app = create_app(settings)
+        app = create_app(settings, plan=memory_plan)
         serving.tune_gc()
         try:
             serving.run(app, settings.host, settings.port, **options)
@@ -138,7 +150,7 @@ def _raise_open_file_limit() -> None:
 
 def _check_config(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    memory_plan = plan_for(settings) if any(b.launch for b in settings.backends) else None
+    memory_plan = plan_gateway(settings) if any(b.launch for b in settings.backends) else None
     print(routing_table(settings, memory_plan))
     for note in settings.warnings():
         print(f"warning: {note}")
@@ -149,33 +161,6 @@ def _check_config(args: argparse.Namespace) -> int:
         return 2
     print("configuration OK")
     return 0
-
-
-def plan_for(settings: Settings, gpu_memory: int | None = None, *, strict: bool = False) -> Plan:
-    """The memory plan `check-config`, `plan` and `serve` use: each GPU's total from `gpu_memory`
-    (`--gpu-memory`), else `gpu.memory`, else NVML; the hub only when not offline."""
-    from .planner.model_files import offline
-    from .planner.plan import build_plan
-
-    default = gpu_memory or settings.gpu.memory
-    return build_plan(settings, device_memory={} if default else gpu_totals(), default_memory=default,
-                      allow_network=not offline(os.environ), strict=strict)
-
-
-def gpu_totals() -> dict[str, int]:
-    """Each GPU's total memory by NVML index and UUID; empty without NVML or a GPU."""
-    from .gpu.nvml import open_nvml
-
-    gpus = open_nvml()
-    if gpus is None:
-        return {}
-    totals: dict[str, int] = {}
-    try:
-        for device in gpus.devices():
-            totals[str(device.index)] = totals[device.uuid] = device.memory()[0]
-    finally:
-        gpus.close()
-    return totals
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -197,12 +182,12 @@ def _plan(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"vllm-gateway plan: --gpu-memory {exc}; expected {SIZE_HELP}", file=sys.stderr)
             return 2
-    if memory is None and settings.gpu.memory is None and not gpu_totals():
+    if memory is None and settings.gpu.memory is None and not nvml_totals():
         print("vllm-gateway plan: no GPU found through NVML and no --gpu-memory: give the GPU's size, e.g. "
               "--gpu-memory 48GB (or set gpu.memory)", file=sys.stderr)
         return 2
     try:
-        memory_plan = plan_for(settings, memory, strict=True)
+        memory_plan = plan_gateway(settings, memory, strict=True)
     except PlanError as exc:
         print(f"vllm-gateway plan: {exc}", file=sys.stderr)
         return 2

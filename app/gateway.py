@@ -26,8 +26,13 @@ from .forwarding.context import ForwardingContext
 from .forwarding.failures import KINDS
 from .forwarding.forwarder import Forwarder
 from .forwarding.realtime import RealtimeEndpoint
+from .gpu.devices import Gpus
+from .gpu.nvml import open_nvml
+from .gpu.telemetry import GpuTelemetry, register_gpu_metrics
 from .metrics import GatewayMetrics
 from .metrics.page import MetricsPage
+from .planner.plan import Plan
+from .planner.startup import plan_gateway
 from .routing.discovery import ModelDiscovery
 from .routing.health import HealthMonitor
 from .routing.registry import Registry
@@ -37,8 +42,11 @@ from .supervise.supervisor import Supervisor
 log = logging.getLogger("vllm_gateway")
 
 
-def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
-    """Build a gateway. `transport` replaces the network for every backend client (tests)."""
+def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, plan: Plan | None = None,
+               gpus: Gpus | None = None) -> FastAPI:
+    """Build a gateway. `transport` replaces the network for every backend client (tests); `plan`
+    is the memory plan of the launched backends (made here from their files when not given: this
+    reads files, so it runs before the event loop); `gpus` replaces NVML (tests; found when None)."""
     registry = Registry(settings, transport)
     metrics = GatewayMetrics()
     metrics.declare_backends(list(registry.backends), KINDS)
@@ -46,29 +54,46 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     forwarder = Forwarder(registry, ctx)
     discovery = ModelDiscovery(registry)
     health = HealthMonitor(registry, discovery, settings)
-    supervisor = Supervisor(registry, discovery, metrics) if registry.launched else None
+    if plan is None and registry.launched:
+        plan = plan_gateway(settings)
+    gpus = gpus if gpus is not None else open_nvml()
+    supervisor = None
+    pgids: dict[str, int] = {}
+    if registry.launched:
+        supervisor = Supervisor(registry, discovery, metrics, plan=plan)
+        pgids = supervisor.pgids
+    telemetry = GpuTelemetry(gpus, pgids=lambda: pgids) if gpus is not None else None
+    if supervisor is not None:
+        supervisor.telemetry = telemetry
+    if telemetry is not None:
+        register_gpu_metrics(metrics.registry, telemetry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.shutting_down = False
         _on_exit_signal(app.state.begin_shutdown)
-        monitor = None
+        monitor = watcher = None
         try:
             # Launched backends start in the background: /health answers while they load.
             if supervisor is not None:
                 supervisor.start()
             await health.check_all()  # a backend found ready has its models listed right then
             monitor = asyncio.create_task(health.run(), name="backend-monitor")
+            if telemetry is not None and telemetry.available:
+                watcher = asyncio.create_task(_watch_gpus(telemetry, settings.health_check_interval), name="gpu-telemetry")
             yield
         finally:
             app.state.shutting_down = True
-            if monitor is not None:
-                monitor.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await monitor
+            for task in (monitor, watcher):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             if supervisor is not None:  # also when start-up failed: no process may outlive us
                 await supervisor.stop()
             await registry.aclose()
+            if gpus is not None:
+                gpus.close()
             metrics.release()
 
     app = GatewayApp(
@@ -88,6 +113,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     state.health = health
     state.discovery = discovery
     state.supervisor = supervisor
+    state.plan = plan
+    state.gpu_telemetry = telemetry
     state.metrics_page = MetricsPage(registry, metrics, settings.metrics_scrape_timeout)
     state.shutting_down = False
 
@@ -127,6 +154,16 @@ def _protect(app: GatewayApp, settings: Settings, model_endpoints: dict[str, Any
         app.fast_routes = {p: ApiKeyMiddleware(e, keys=keys, metrics_key=None) for p, e in model_endpoints.items()}
     else:
         app.fast_routes = dict(model_endpoints)
+
+
+async def _watch_gpus(telemetry: GpuTelemetry, interval: float) -> None:
+    """NVML every `interval` seconds, off the event loop: its calls block (a few ms for 8 GPUs)."""
+    while True:
+        try:
+            await asyncio.to_thread(telemetry.snapshot)
+        except Exception:  # a bug here must not stop the readings, nor the gateway
+            log.exception("reading the GPUs through NVML failed")
+        await asyncio.sleep(interval)
 
 
 def _on_exit_signal(callback: Callable[[], None]) -> None:

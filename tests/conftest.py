@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+
+# The planner reads model files from the Hugging Face cache, or from the hub when online; the
+# tests' model names are not on the hub and these machines do not reach it: never ask.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tests.servers import CHAT, EMBEDDING, Running, gateway, running, simulator
 

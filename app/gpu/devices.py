@@ -26,3 +26,6 @@ class GpuDevice(Protocol):
 
 class Gpus(Protocol):
     def devices(self) -> list[GpuDevice]: ...
+
+    def close(self) -> None:
+        """Let go of the library (NVML's shutdown); the gateway calls it once, when it stops."""

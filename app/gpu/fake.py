@@ -33,6 +33,10 @@ class FakeGpu:
 @dataclass
 class FakeGpus:
     gpus: list[FakeGpu]
+    closed: bool = False
 
     def devices(self) -> list[GpuDevice]:
         return list(self.gpus)
+
+    def close(self) -> None:
+        self.closed = True

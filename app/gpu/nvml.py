@@ -31,6 +31,20 @@ def open_nvml() -> NvmlGpus | None:
     return NvmlGpus(pynvml, count)
 
 
+def nvml_totals() -> dict[str, int]:
+    """Each GPU's total memory by NVML index and by UUID; empty without NVML or a GPU."""
+    gpus = open_nvml()
+    if gpus is None:
+        return {}
+    totals: dict[str, int] = {}
+    try:
+        for device in gpus.devices():
+            totals[str(device.index)] = totals[device.uuid] = device.memory()[0]
+    finally:
+        gpus.close()
+    return totals
+
+
 class NvmlGpus:
     def __init__(self, lib: Any, count: int) -> None:
         self._lib = lib

@@ -51,8 +51,9 @@ def command_line(config: BackendConfig) -> list[str]:
     argv += ["--host", host, "--port", str(port)]
     if config.served_model_name:
         argv += ["--served-model-name", config.served_model_name]
-    if launch.gpu_memory_utilization is not None:
-        argv += ["--gpu-memory-utilization", f"{launch.gpu_memory_utilization:g}"]
+    share = launch.gpu_memory_utilization
+    if isinstance(share, float):  # `auto` is filled in by the plan before a launch (planner.plan.planned_backend)
+        argv += ["--gpu-memory-utilization", f"{share:g}"]
     if launch.max_model_len is not None:
         argv += ["--max-model-len", str(launch.max_model_len)]
     argv += [substitute(part, config) for part in launch.args]

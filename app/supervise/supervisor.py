@@ -29,12 +29,16 @@ from typing import IO
 
 import httpx
 
+from ..gpu.free_memory import check_free_memory
+from ..gpu.telemetry import GpuTelemetry
 from ..metrics import GatewayMetrics
+from ..planner.plan import BackendPlan, Plan, planned_backend
 from ..routing.backend import Backend
 from ..routing.discovery import ModelDiscovery
 from ..routing.health import health_error
 from ..routing.registry import Registry
 from ..routing.state import Lifecycle
+from ..settings import BackendConfig
 from . import process as launch
 from .output import OutputRelay
 from .policy import backoff, count_failure, describe_exit, gives_up, unhealthy_too_long
@@ -53,10 +57,14 @@ class StartFailed(Exception):
 
 class Supervisor:
     def __init__(self, registry: Registry, discovery: ModelDiscovery, metrics: GatewayMetrics, *,
-                 probe_interval: float = 0.5, sink: IO[str] | None = None) -> None:
+                 plan: Plan | None = None, telemetry: GpuTelemetry | None = None, probe_interval: float = 0.5,
+                 sink: IO[str] | None = None) -> None:
         self.registry = registry
         self.discovery = discovery
         self.metrics = metrics
+        self.plans: dict[str, BackendPlan] = {b.name: b for b in plan.backends} if plan is not None else {}
+        self.telemetry = telemetry  # the GPUs, when there are: memory is checked before each launch
+        self.pgids: dict[str, int] = {}  # each running backend's process group, for the GPU telemetry
         self.probe_interval = probe_interval
         self.sink = sink
         # A launched backend's lifecycle starts as `starting`: not routable, not probed.
@@ -161,11 +169,12 @@ class Unit:
 
     # -- steps -------------------------------------------------------------------------------
     async def _launch(self) -> tuple[asyncio.subprocess.Process, asyncio.Task[None], asyncio.Future[int]]:
-        config = self.backend.config
+        config = self._planned_config()
         host, port = launch.address(config)
         if await _port_taken(host, port):
             raise StartFailed(f"{host}:{port} already accepts connections: another process (a vLLM left "
                               f"from an earlier run?) holds the port; not starting a second server there")
+        await self._check_gpu_memory(config)
         argv = launch.command_line(config)
         log.info("launching backend %r: %s", self.name, shlex.join(argv))
         spawning = asyncio.ensure_future(launch.spawn(argv, launch.environment(config)))
@@ -182,7 +191,7 @@ class Unit:
             raise StartFailed(f"cannot run {argv[0]!r}: no such program (check launch.command)", permanent=True) from None
         except PermissionError:
             raise StartFailed(f"cannot run {argv[0]!r}: permission denied (check launch.command)", permanent=True) from None
-        self.pgid = proc.pid
+        self.pgid = self.supervisor.pgids[self.name] = proc.pid
         self.lifecycle.spawned(proc.pid)
         relay = OutputRelay(self.name, launch.log_file_path(config), self.supervisor.sink)
         self.output = relay
@@ -190,6 +199,35 @@ class Unit:
         relay_task = asyncio.create_task(relay.run(proc.stdout), name=f"output-{self.name}")
         exited = asyncio.ensure_future(proc.wait())
         return proc, relay_task, exited
+
+    def _planned_config(self) -> BackendConfig:
+        """The backend as it is launched: an `auto` share replaced by the planned one and its exact
+        `--kv-cache-memory-bytes` added (`planner.plan.planned_backend`)."""
+        config = self.backend.config
+        planned = self.supervisor.plans.get(self.name)
+        if planned is not None:
+            config = planned_backend(config, planned)
+        assert config.launch is not None
+        if config.launch.gpu_memory_utilization == "auto":
+            reason = planned.reason if planned is not None else "no memory plan was made"
+            raise StartFailed(f"gpu_memory_utilization: auto could not be planned ({reason}); give a fraction, "
+                              f"or make the model's config.json readable (see `vllm-gateway plan`)", permanent=True)
+        return config
+
+    async def _check_gpu_memory(self, config: BackendConfig) -> None:
+        """Refuse this start, naming who holds the memory, when its GPUs lack the room vLLM will
+        ask for (vLLM's own error names neither); retried with the usual backoff."""
+        telemetry = self.supervisor.telemetry
+        planned = self.supervisor.plans.get(self.name)
+        if telemetry is None or not telemetry.available or planned is None:
+            return
+        assert config.launch is not None
+        share = config.launch.gpu_memory_utilization
+        snapshot = await asyncio.to_thread(telemetry.snapshot)  # NVML blocks
+        problem = check_free_memory(snapshot, self.name, planned.devices or ("0",),
+                                    share if isinstance(share, float) else planned.share or 0.92)
+        if problem is not None:
+            raise StartFailed(problem)
 
     async def _await_ready(self, proc: asyncio.subprocess.Process, exited: asyncio.Future[int]) -> None:
         loop = asyncio.get_running_loop()
@@ -295,6 +333,7 @@ class Unit:
                 log.warning("backend %r did not stop within %g s of SIGTERM (launch.stop_timeout); killed it",
                             self.name, self.launch.stop_timeout)
             self.pgid = None
+            self.supervisor.pgids.pop(self.name, None)
         if relay is not None:
             await _settle(relay)
         code = exited.result() if exited is not None and exited.done() and not exited.cancelled() else None
