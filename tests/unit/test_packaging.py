@@ -87,3 +87,19 @@ def test_no_import_cycle_between_packages() -> None:
         package = module.split(".")[0]
         packages.setdefault(package, set()).update(t.split(".")[0] for t in targets if "." in t)
     assert _cycle({p: deps - {p} for p, deps in packages.items()}) is None
+
+
+def test_the_wheel_holds_vllm_gateway_and_no_top_level_app(tmp_path) -> None:
+    """What `pip install .` puts into site-packages: every module under `vllm_gateway/`, nothing else."""
+    import subprocess
+    import sys
+    import zipfile
+
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(ROOT)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("vllm_gateway-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {name.split("/")[0] for name in names if ".dist-info/" not in name} == {"vllm_gateway"}
+    modules = {str(p.relative_to(ROOT / "app")) for p in (ROOT / "app").rglob("*.py")}
+    assert {name.removeprefix("vllm_gateway/") for name in names if name.endswith(".py")} == modules
