@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -298,6 +298,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     shutdown_grace: float = Field(30.0, ge=0)
 
+    _flags: ClassVar[dict[str, Any]] = {}
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -307,7 +309,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The YAML file arrives as init data; the environment overrides it.
+        # The YAML file arrives as init data; the environment overrides it; command-line flags
+        # (a subclass's `_flags`, see `_with_overrides`) override both.
+        if cls._flags:
+            return (_Overrides(settings_cls, cls._flags), env_settings, init_settings)
         return (env_settings, init_settings)
 
     @field_validator("api_keys", mode="before")
@@ -446,16 +451,7 @@ class _Overrides(PydanticBaseSettingsSource):
 
 def _with_overrides(values: dict[str, Any]) -> type[Settings]:
     class FlaggedSettings(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (_Overrides(settings_cls, values), env_settings, init_settings)
+        _flags: ClassVar[dict[str, Any]] = values
 
     return FlaggedSettings
 
