@@ -32,7 +32,9 @@ from collections.abc import Callable
 
 import httpx
 
+from ..errors import GatewayTimeout
 from ..metrics import GatewayMetrics
+from ..routing.admission import unavailable
 from ..routing.backend import Backend, Upstream
 from . import client
 from .state import AddressAdapters, BackendAdapters, Failure, Load
@@ -96,6 +98,19 @@ class AdapterManager:
             if isinstance(outcome, LoadUnreachable):
                 raise outcome
             # _STALE: the backend restarted while it loaded; try on the new process
+
+    async def acquire_within(self, backend: Backend, upstream: Upstream, name: str, timeout: float) -> None:
+        """`acquire` for a caller without an exchange's watchdog (a realtime session): every failure
+        as the `GatewayError` its client gets."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.acquire(backend, upstream, name)
+        except TimeoutError:
+            raise GatewayTimeout(f"adapter `{name}` was not loaded on backend {backend.name!r} within {timeout:g} s "
+                                 f"(timeouts.response_head); the load goes on: retry shortly",
+                                 code="adapter_load_timeout") from None
+        except LoadUnreachable as failure:
+            raise unavailable(backend, f"could not load adapter `{name}` ({failure})") from None
 
     def release(self, backend: Backend, upstream: Upstream, name: str) -> None:
         record = upstream.adapters
