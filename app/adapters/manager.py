@@ -42,6 +42,9 @@ from .state import AddressAdapters, BackendAdapters, Failure, Load
 log = logging.getLogger("vllm_gateway.adapters")
 FAILURE_MEMORY = 30.0  # seconds a refused load is answered from memory before it is tried again
 UNLOAD_TIMEOUT = 30.0
+# A load may outlive the requests waiting on it (a hub download), so later ones join it rather than
+# start another: it is bounded by the backend's `timeouts.response_head`, and by at least this.
+LOAD_TIMEOUT_MIN = 300.0
 _LOADED, _STALE = "loaded", "stale"
 
 
@@ -192,7 +195,7 @@ class AdapterManager:
                 await asyncio.wait([pending])
             started = time.perf_counter()
             try:
-                answer = await client.load(upstream.client, spec, backend.timeouts.response_head)
+                answer = await client.load(upstream.client, spec, max(backend.timeouts.response_head, LOAD_TIMEOUT_MIN))
             except httpx.HTTPError as exc:
                 log.warning("backend %r (%s): loading adapter %r got no answer: %s", backend.name, upstream.url,
                             name, type(exc).__name__)
