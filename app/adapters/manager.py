@@ -29,15 +29,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import httpx
 
-from ..errors import GatewayTimeout
-from ..metrics import GatewayMetrics
-from ..routing.admission import unavailable
-from ..routing.backend import Backend, Upstream
+from ..errors import GatewayTimeout, ServiceUnavailable
 from . import client
 from .state import AddressAdapters, BackendAdapters, Failure, Load
+
+if TYPE_CHECKING:  # routing holds the records (`Backend.adapters`); this package must not import it back
+    from ..metrics import GatewayMetrics
+    from ..routing.backend import Backend, Upstream
 
 log = logging.getLogger("vllm_gateway.adapters")
 FAILURE_MEMORY = 30.0  # seconds a refused load is answered from memory before it is tried again
@@ -113,7 +115,9 @@ class AdapterManager:
                                  f"(timeouts.response_head); the load goes on: retry shortly",
                                  code="adapter_load_timeout") from None
         except LoadUnreachable as failure:
-            raise unavailable(backend, f"could not load adapter `{name}` ({failure})") from None
+            raise ServiceUnavailable(f"backend {backend.name!r} could not load adapter `{name}` ({failure}); retry "
+                                     f"in a few seconds (GET /status shows backend states)",
+                                     headers={"Retry-After": "2"}) from None
 
     def release(self, backend: Backend, upstream: Upstream, name: str) -> None:
         record = upstream.adapters

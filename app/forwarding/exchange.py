@@ -242,10 +242,11 @@ class Exchange:
             await self._load_adapter(upstream, adapter)
             reply = await self._send(upstream, last)
             if reply.status == 404:
+                status, headers = reply.status, list(reply.headers)  # the connection is reused once closed
                 payload = await reply.read_all()
                 await reply.aclose()
                 if not (unknown_model(payload, adapter) and self.ctx.adapters.forget(self.backend, upstream, adapter)):
-                    return ReadReply(reply.status, reply.headers, payload)
+                    return ReadReply(status, headers, payload)
                 self._release_adapter()
                 await self._load_adapter(upstream, adapter)
                 reply = await self._send(upstream, last)

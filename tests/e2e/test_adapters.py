@@ -273,3 +273,13 @@ def test_a_launched_backend_that_restarts_loads_its_adapters_again_on_demand(fol
         assert ask(client, "b")
         assert sample(gw, 'gateway_adapter_loads_total{adapter="a",backend="chat"}') == 2
         assert wait_for(lambda: adapter_status(gw)["addresses"][0]["loaded"] == ["pinned", "b"])  # limit 2: a went
+
+
+def test_another_404_for_an_adapter_is_relayed_in_openai_shape_without_a_reload(folders: dict[str, str]) -> None:
+    with running(lora_sim()) as sim, gateway(backend(sim.url, folders)) as gw:
+        client = sdk(gw)
+        ask(client, "a")
+        with pytest.raises(openai.NotFoundError) as unsupported:
+            client.embeddings.create(model="a", input="x")  # a chat model: vLLM has no such route
+        assert isinstance(unsupported.value.body, dict) and unsupported.value.body["code"] == "unsupported_endpoint"
+        assert loads(sim.url) == [("a", 200)]
