@@ -432,6 +432,15 @@ class Settings(BaseSettings):
                     f"gpu: {len(shares)} co-located vLLM instances use {total:.2f} of GPU memory in sum{where}; "
                     f"above {margin} leaves little room for CUDA contexts and activations"
                 )
+        from .adapters.config import default_limit, read_lora_flags
+
+        for index, backend in enumerate(self.backends):
+            if backend.adapters and backend.launch and backend.max_loaded_adapters is not None:
+                cached = default_limit(read_lora_flags(backend.launch.args))
+                if backend.max_loaded_adapters > cached:
+                    notes.append(f"backends[{index}].max_loaded_adapters: {backend.max_loaded_adapters} is above the "
+                                 f"{cached} adapters vLLM keeps in memory (--max-cpu-loras, else --max-loras); the others "
+                                 f"are read from disk again when asked for: raise --max-cpu-loras to match")
         if self.host not in ("127.0.0.1", "localhost", "::1") and not self.api_keys:
             notes.append("api_keys: none configured while listening beyond loopback; anyone who reaches the port can use it")
         return notes

@@ -93,3 +93,9 @@ def test_an_adapter_name_may_not_be_a_model_or_alias() -> None:
 def test_several_workers_cannot_manage_adapters() -> None:
     external = {"name": "ext", "url": "http://127.0.0.1:8001", "adapters": {"sql": "/x"}, "max_loaded_adapters": 2}
     assert "workers: 2 gateway workers cannot manage adapters" in error_of(external, workers=2)
+
+
+def test_a_limit_above_vllms_memory_is_a_warning() -> None:
+    settings = Settings(backends=[launched(["--enable-lora", "--max-loras", "2"], max_loaded_adapters=8)])
+    assert any("max_loaded_adapters: 8 is above the 2 adapters vLLM keeps" in note for note in settings.warnings())
+    assert not any("max_loaded_adapters" in n for n in Settings(backends=[launched(["--enable-lora"])]).warnings())
