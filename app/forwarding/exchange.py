@@ -243,8 +243,7 @@ class Exchange:
             reply = await self._send(upstream, last)
             if reply.status == 404:
                 status, headers = reply.status, list(reply.headers)  # the connection is reused once closed
-                payload = await reply.read_all()
-                await reply.aclose()
+                payload = await self._read_error(reply)
                 if not (unknown_model(payload, adapter) and self.ctx.adapters.forget(self.backend, upstream, adapter)):
                     return ReadReply(status, headers, payload)
                 self._release_adapter()
@@ -255,6 +254,21 @@ class Exchange:
                 self._release_adapter()
             raise
         return reply
+
+    async def _read_error(self, reply: Reply) -> bytes:
+        """A small error body, read whole under the stream-idle limit, then the reply closed."""
+        self.watchdog.move(self._phase_deadline(self.backend.timeouts.stream_idle)[0])
+        try:
+            return await reply.read_all()
+        except asyncio.CancelledError:
+            if not self._timed_out():
+                raise
+            raise self._fail(failures.BODY, failures.DEADLINE) from None
+        except httpx.HTTPError as exc:
+            raise self._fail(failures.BODY, *failures.while_reading(exc)) from None
+        finally:
+            self.watchdog.stop()
+            await reply.aclose()
 
     async def _load_adapter(self, upstream: Upstream, adapter: str) -> None:
         """`adapters.acquire`, bounded like waiting for a response head (`timeouts.response_head`, capped by
