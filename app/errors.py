@@ -56,6 +56,12 @@ class ModelNotFound(GatewayError):
     status, type, code = 404, "invalid_request_error", "model_not_found"
 
 
+class AdapterLoadFailed(GatewayError):
+    """A configured LoRA adapter that its backend refused to load (404: its files are not there)."""
+
+    status, type, code = 400, "invalid_request_error", "adapter_load_failed"
+
+
 class ResponseNotFound(GatewayError):
     status, type, code = 404, "invalid_request_error", "response_not_found"
 

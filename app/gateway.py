@@ -50,6 +50,10 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     registry = Registry(settings, transport)
     metrics = GatewayMetrics()
     metrics.declare_backends(list(registry.backends), KINDS)
+    for backend in registry.backends.values():
+        if backend.adapters is not None:
+            metrics.declare_adapters(backend.name, list(backend.adapters.specs),
+                                     sum(len(u.adapters.pinned) for u in backend.upstreams if u.adapters is not None))
     ctx = ForwardingContext(settings, metrics)
     forwarder = Forwarder(registry, ctx)
     discovery = ModelDiscovery(registry)
@@ -91,6 +95,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                         await task
             if supervisor is not None:  # also when start-up failed: no process may outlive us
                 await supervisor.stop()
+            await ctx.adapters.aclose()
             await registry.aclose()
             if gpus is not None:
                 gpus.close()

@@ -174,6 +174,9 @@ class BackendConfig(_Strict):
     queue_timeout: float = Field(30.0, gt=0)
     keep_alive: int | None = Field(None, ge=2)
     launch: LaunchConfig | None = None
+    # LoRA adapters the gateway loads on first use (`app/adapters`): name clients use -> folder or hf:org/name.
+    adapters: dict[str, str] = {}
+    max_loaded_adapters: int | None = Field(None, ge=1)  # per address; default from --max-cpu-loras / --max-loras
 
     @field_validator("name")
     @classmethod
@@ -213,6 +216,23 @@ class BackendConfig(_Strict):
                 raise ValueError(f"keep_alive ({self.keep_alive}) and launch.env.{KEEP_ALIVE_ENV} ({given}) "
                                  f"disagree: set only keep_alive")
         return self
+
+    @model_validator(mode="after")
+    def _adapters_servable(self) -> BackendConfig:
+        from .adapters.config import check_adapters
+
+        check_adapters(self.adapters, self.max_loaded_adapters, self.launch.args if self.launch else None,
+                       self.launch.env if self.launch else {})
+        return self
+
+    @property
+    def adapter_limit(self) -> int:
+        """Adapters the gateway keeps loaded per address (`max_loaded_adapters`, else vLLM's CPU cache size)."""
+        from .adapters.config import default_limit, read_lora_flags
+
+        if self.max_loaded_adapters is not None:
+            return self.max_loaded_adapters
+        return default_limit(read_lora_flags(self.launch.args if self.launch else []))
 
     @property
     def all_urls(self) -> list[str]:
@@ -338,6 +358,11 @@ class Settings(BaseSettings):
                         f"{owner[name]!r} and {backend.name!r}"
                     )
                 owner[name] = backend.name
+            for name in backend.adapters:
+                if name in owner or name in names:
+                    raise ValueError(f"backends[{index}].adapters.{name}: the name is already a model or alias of "
+                                     f"{owner.get(name, backend.name)!r}; give the adapter a name of its own")
+                owner[name] = backend.name
         if self.default_model is not None and owner and self.default_model not in owner:
             raise ValueError(f"default_model: {self.default_model!r} is not a configured model or alias")
         launched = [b.name for b in self.backends if b.launch]
@@ -347,6 +372,12 @@ class Settings(BaseSettings):
                 f"{', '.join(launched)}): each worker would start its own copy of every vLLM process. Use workers: 1 "
                 f"(one worker forwards thousands of requests per second), or start vLLM yourself and "
                 f"drop `launch:`"
+            )
+        managed = [b.name for b in self.backends if b.adapters]
+        if managed and self.workers > 1:
+            raise ValueError(
+                f"workers: {self.workers} gateway workers cannot manage adapters (`adapters:` in {', '.join(managed)}): "
+                f"each worker would load and unload on its own, and unload what another one is using. Use workers: 1"
             )
         by_device = self.gpu_shares_by_device()
         for device, used in by_device.items():
@@ -406,6 +437,15 @@ class Settings(BaseSettings):
                     f"gpu: {len(shares)} co-located vLLM instances use {total:.2f} of GPU memory in sum{where}; "
                     f"above {margin} leaves little room for CUDA contexts and activations"
                 )
+        from .adapters.config import default_limit, read_lora_flags
+
+        for index, backend in enumerate(self.backends):
+            if backend.adapters and backend.launch and backend.max_loaded_adapters is not None:
+                cached = default_limit(read_lora_flags(backend.launch.args))
+                if backend.max_loaded_adapters > cached:
+                    notes.append(f"backends[{index}].max_loaded_adapters: {backend.max_loaded_adapters} is above the "
+                                 f"{cached} adapters vLLM keeps in memory (--max-cpu-loras, else --max-loras); the others "
+                                 f"are read from disk again when asked for: raise --max-cpu-loras to match")
         if self.host not in ("127.0.0.1", "localhost", "::1") and not self.api_keys:
             notes.append("api_keys: none configured while listening beyond loopback; anyone who reaches the port can use it")
         return notes

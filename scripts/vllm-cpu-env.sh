@@ -76,4 +76,18 @@ else
     log "already installed: $VENV"
 fi
 
+# PEFT builds the tiny LoRA adapters of the adapter tests (tests/real_vllm/tiny_adapters.py): it owns
+# the adapter format vLLM reads. Checked apart from the marker, so an existing venv gains it too.
+PEFT_VERSION="0.21.2"
+if ! "$VENV/bin/python" -c "import peft" 2>/dev/null; then
+    exec 9>"$LOCK"
+    flock 9
+    if ! "$VENV/bin/python" -c "import peft" 2>/dev/null; then
+        log "installing peft==${PEFT_VERSION} (with accelerate) for the adapter tests"
+        "$VENV/bin/python" -m pip install --progress-bar off "peft==${PEFT_VERSION}" >&2
+    fi
+    flock -u 9
+    exec 9>&-
+fi
+
 echo "$VENV/bin/python"

@@ -1,13 +1,15 @@
 """What a forwarded request needs from the gateway, handed down to it as one small object.
 
 The forwarder, each exchange and each realtime session read it; none of them reaches back up
-to the object that created it. `draining` is written by the gateway's shutdown alone.
+to the object that created it. `draining` is written by the gateway's shutdown alone; `adapters`
+is the adapter manager, which loads the LoRA adapter a request names where it goes.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from ..adapters.manager import AdapterManager
 from ..metrics import GatewayMetrics
 from ..settings import Settings
 from .affinity import ResponseAffinity
@@ -15,7 +17,7 @@ from .deadline import Deadlines
 
 
 class ForwardingContext:
-    __slots__ = ("settings", "retries", "metrics", "affinity", "draining", "_deadlines")
+    __slots__ = ("settings", "retries", "metrics", "affinity", "draining", "adapters", "_deadlines")
 
     def __init__(self, settings: Settings, metrics: GatewayMetrics) -> None:
         self.settings = settings
@@ -23,6 +25,7 @@ class ForwardingContext:
         self.metrics = metrics
         self.affinity = ResponseAffinity()  # which address holds each stored response
         self.draining = False  # set when the gateway begins to shut down
+        self.adapters = AdapterManager(metrics)
         self._deadlines: Deadlines | None = None
 
     def deadlines(self, loop: asyncio.AbstractEventLoop) -> Deadlines:

@@ -25,9 +25,11 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ..errors import GatewayError, ServiceUnavailable, error_body, send_error, sse_error_event
+from ..adapters.client import unknown_model
+from ..adapters.manager import LoadUnreachable
+from ..errors import GatewayError, GatewayTimeout, ServiceUnavailable, error_body, send_error, sse_error_event
 from ..http.downstream import downstream_of
-from ..http.sender import Reply
+from ..http.sender import ReadReply, Reply
 from ..metrics import RequestMetrics
 from ..routing.backend import Backend, Upstream
 from . import failures
@@ -61,12 +63,12 @@ class Exchange:
     __slots__ = ("ctx", "scope", "send", "endpoint", "backend", "body", "headers", "request_id", "recorder",
                  "started", "status", "response_started", "finished", "client_gone", "streaming", "delivered",
                  "upstream", "task", "loop", "watchdog", "total_deadline", "pipe_chunk", "method", "pinned",
-                 "stored_as")
+                 "stored_as", "adapter", "holding")
 
     def __init__(self, ctx: ForwardingContext, scope: dict[str, Any], send: Any, endpoint: str, backend: Backend,
                  body: bytes, headers: list[tuple[bytes, bytes]], request_id: bytes, recorder: RequestMetrics,
                  started: float, *, method: bytes = b"POST", pinned: Upstream | None = None,
-                 stored_as: str | None = None) -> None:
+                 stored_as: str | None = None, adapter: str | None = None) -> None:
         self.ctx, self.scope, self.send, self.endpoint = ctx, scope, send, endpoint
         self.backend, self.body, self.headers, self.request_id = backend, body, headers, request_id
         self.recorder, self.started = recorder, started
@@ -80,6 +82,8 @@ class Exchange:
         self.streaming = False
         self.delivered = False  # the whole answer reached the client (a close after it is no disconnect)
         self.upstream: Upstream | None = None  # the address the response came from, counted outstanding
+        self.adapter = adapter  # a configured LoRA adapter: loaded where the request goes, first
+        self.holding: Upstream | None = None  # where `adapter` is counted in flight for this request
 
     async def run(self, receive: Any) -> None:
         task = asyncio.current_task()
@@ -111,6 +115,8 @@ class Exchange:
                 await reply.aclose()
                 if self.upstream is not None:
                     self.upstream.outstanding -= 1
+                if self.holding is not None:
+                    self._release_adapter()
         except asyncio.CancelledError:
             if self.client_gone:
                 task.uncancel()
@@ -213,15 +219,85 @@ class Exchange:
 
     async def _attempt(self, last: bool) -> Reply:
         """One try on the least busy address; that address counts the request until it is relayed."""
-        upstream = self.pinned or self.backend.pick()
+        adapter = self.adapter
+        if adapter is None:
+            upstream = self.pinned or self.backend.pick()
+        else:  # an address holding the adapter, if one does
+            upstream = self.pinned or self.backend.pick(self.ctx.adapters.holders(self.backend, adapter))
         upstream.outstanding += 1
         try:
-            reply = await self._send(upstream, last)
+            reply = await (self._send(upstream, last) if adapter is None else self._send_to_adapter(upstream, adapter, last))
         except BaseException:
             upstream.outstanding -= 1
             raise
         self.upstream = upstream
         return reply
+
+    # -- LoRA adapters (`adapters.manager`) ----------------------------------------------------
+    async def _send_to_adapter(self, upstream: Upstream, adapter: str, last: bool) -> Reply:
+        """Load the adapter there (or wait for its load), then send. When vLLM answers that it does
+        not hold an adapter the gateway counted as loaded (an external backend restarted), load it
+        again and send once more: nothing was generated."""
+        try:
+            await self._load_adapter(upstream, adapter)
+            reply = await self._send(upstream, last)
+            if reply.status == 404:
+                status, headers = reply.status, list(reply.headers)  # the connection is reused once closed
+                payload = await self._read_error(reply)
+                if not (unknown_model(payload, adapter) and self.ctx.adapters.forget(self.backend, upstream, adapter)):
+                    return ReadReply(status, headers, payload)
+                self._release_adapter()
+                await self._load_adapter(upstream, adapter)
+                reply = await self._send(upstream, last)
+        except BaseException:
+            if self.holding is not None:
+                self._release_adapter()
+            raise
+        return reply
+
+    async def _read_error(self, reply: Reply) -> bytes:
+        """A small error body, read whole under the stream-idle limit, then the reply closed."""
+        self.watchdog.move(self._phase_deadline(self.backend.timeouts.stream_idle)[0])
+        try:
+            return await reply.read_all()
+        except asyncio.CancelledError:
+            if not self._timed_out():
+                raise
+            raise self._fail(failures.BODY, failures.DEADLINE) from None
+        except httpx.HTTPError as exc:
+            raise self._fail(failures.BODY, *failures.while_reading(exc)) from None
+        finally:
+            self.watchdog.stop()
+            await reply.aclose()
+
+    async def _load_adapter(self, upstream: Upstream, adapter: str) -> None:
+        """`adapters.acquire`, bounded like waiting for a response head (`timeouts.response_head`, capped by
+        `total`); a load others wait on goes on when this request gives up."""
+        deadline, which = self._phase_deadline(self.backend.timeouts.response_head)
+        allowed = f"{max(0.0, deadline - self.loop.time()):g} s ({which or 'timeouts.response_head'})"
+        self.watchdog.move(deadline)
+        try:
+            await self.ctx.adapters.acquire(self.backend, upstream, adapter)
+        except asyncio.CancelledError:
+            if not self._timed_out():
+                raise
+            raise GatewayTimeout(f"adapter `{adapter}` was not loaded on backend {self.backend.name!r} within {allowed}; "
+                                 f"the load goes on: retry shortly", code="adapter_load_timeout") from None
+        except LoadUnreachable as failure:
+            if isinstance(failure.cause, httpx.HTTPError):
+                cause, detail = failures.cause_of(failure.cause)
+                raise self._fail(failures.HEAD, cause, detail or "timeouts.response_head") from None
+            if failure.cause is None:  # answered 502-504: busy
+                raise self._fail(failures.HEAD, failures.ANSWERED_503, failure.detail) from None
+            raise GatewayError(failure.detail) from None
+        finally:
+            self.watchdog.stop()
+        self.holding = upstream
+
+    def _release_adapter(self) -> None:
+        assert self.holding is not None and self.adapter is not None
+        self.ctx.adapters.release(self.backend, self.holding, self.adapter)
+        self.holding = None
 
     async def _send(self, upstream: Upstream, last: bool) -> Reply:
         backend, watchdog = self.backend, self.watchdog

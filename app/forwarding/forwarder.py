@@ -75,7 +75,7 @@ class Forwarder:
                 found = await self.stored.holder(previous, [backend])
                 pinned = found[1] if found is not None else None
         exchange = Exchange(self.ctx, scope, send, endpoint, backend, upstream_body, headers, request_id, recorder,
-                            started, pinned=pinned, stored_as=stored_as)
+                            started, pinned=pinned, stored_as=stored_as, adapter=target.adapter)
         await self._run(exchange, receive, request_id)
 
     async def handle_stored_response(self, scope: dict[str, Any], receive: Any, send: Any, response_id: str,

@@ -186,10 +186,15 @@ class RealtimeEndpoint:
             count(metrics, model, backend.name, refused.status)
             await _refuse(send, refused)
             return
-        upstream = backend.pick()
+        adapter, adapters = target.adapter, self.ctx.adapters
+        upstream = backend.pick() if adapter is None else backend.pick(adapters.holders(backend, adapter))
         upstream.outstanding += 1
+        holding = False
         try:
             try:
+                if adapter is not None:  # loaded where the session goes, and held until it ends
+                    await adapters.acquire_within(backend, upstream, adapter, backend.timeouts.response_head)
+                    holding = True
                 connection = await self._connect(backend, upstream, request_id(scope["headers"]))
             except GatewayError as error:
                 count(metrics, model, backend.name, error.status)
@@ -205,6 +210,8 @@ class RealtimeEndpoint:
                 await connection.close()
         finally:
             upstream.outstanding -= 1
+            if holding and adapter is not None:
+                adapters.release(backend, upstream, adapter)
 
     async def _open(self, scope: dict, receive: Receive) -> tuple[Target, str, list[dict[str, Any]]]:
         """Hold the client's messages until a session.update routes the session."""

@@ -75,6 +75,30 @@ class HttpxReply:
         await self.response.aclose()
 
 
+class ReadReply:
+    """A reply whose body was read already (to look at it before relaying): the same members."""
+
+    __slots__ = ("status", "headers", "body")
+    complete = True
+    pipes = False
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    async def read_all(self) -> bytes:
+        return self.body
+
+    async def next_chunk(self) -> bytes | None:
+        body, self.body = self.body, b""
+        return body or None
+
+    async def pipe(self, sink: Callable[[bytes], bool]) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
 class HttpxSender:
     """An address reached through any httpx transport, with the timeouts httpx understands."""
 
@@ -98,4 +122,4 @@ class HttpxSender:
         return HttpxReply(await self.transport.handle_async_request(request))
 
 
-__all__ = ["HttpxReply", "HttpxSender", "Reply", "Sender"]
+__all__ = ["HttpxReply", "HttpxSender", "ReadReply", "Reply", "Sender"]

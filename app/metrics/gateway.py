@@ -17,6 +17,8 @@ from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, generate_latest, multiprocess
 
+# An adapter load: milliseconds from local disk on CPU, up to minutes for a hub download.
+ADAPTER_LOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 # From 5 ms to several minutes: LLM requests span four orders of magnitude.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
 UNKNOWN_MODEL = "unknown"
@@ -87,6 +89,26 @@ class GatewayMetrics:
             "error status, or an unreadable page); its vllm:* series are then absent from this page.",
             ["backend"], registry=r,
         )
+        self.adapter_loads = Counter(
+            "gateway_adapter_loads", "LoRA adapters the gateway loaded into a backend (on first use, again after an "
+            "unload or a restart).", ["backend", "adapter"], registry=r,
+        )
+        self.adapter_load_failures = Counter(
+            "gateway_adapter_load_failures", "Adapter loads the backend refused (bad path, rank, base model); each "
+            "is remembered for a while, not retried per request.", ["backend", "adapter"], registry=r,
+        )
+        self.adapter_unloads = Counter(
+            "gateway_adapter_unloads", "Adapters the gateway unloaded to make room (least recently used, idle).",
+            ["backend", "adapter"], registry=r,
+        )
+        self.adapter_load_duration = Histogram(
+            "gateway_adapter_load_duration_seconds", "Time a backend took to load an adapter (POST /v1/load_lora_adapter).",
+            ["backend"], buckets=ADAPTER_LOAD_BUCKETS, registry=r,
+        )
+        self.adapters_loaded = Gauge(
+            "gateway_adapters_loaded", "Adapters loaded on the backend now (over all its addresses; --lora-modules "
+            "ones included).", ["backend"], registry=r, multiprocess_mode="livemostrecent",
+        )
         self._children: dict[tuple[str, str, str], RequestMetrics] = {}
         self._errors: dict[tuple[str, str], Counter] = {}
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
@@ -120,6 +142,25 @@ class GatewayMetrics:
             self.backend_scrape_errors.labels(name)
             for kind in error_kinds:
                 self._errors[(name, kind)] = self.upstream_errors.labels(name, kind)
+
+    def declare_adapters(self, backend: str, adapters: list[str], pinned: int = 0) -> None:
+        """The adapter series of a backend with adapters, at zero from start-up like the others."""
+        for name in adapters:
+            self.adapter_loads.labels(backend, name)
+            self.adapter_load_failures.labels(backend, name)
+            self.adapter_unloads.labels(backend, name)
+        self.adapter_load_duration.labels(backend)
+        self.adapters_loaded.labels(backend).set(pinned)
+
+    def adapter_loaded(self, backend: str, adapter: str, seconds: float) -> None:
+        self.adapter_loads.labels(backend, adapter).inc()
+        self.adapter_load_duration.labels(backend).observe(seconds)
+
+    def adapter_load_failed(self, backend: str, adapter: str) -> None:
+        self.adapter_load_failures.labels(backend, adapter).inc()
+
+    def adapter_unloaded(self, backend: str, adapter: str) -> None:
+        self.adapter_unloads.labels(backend, adapter).inc()
 
     def exposition(self) -> bytes:
         """The gateway's own families in the text format, summed over workers when there are several."""

@@ -5,16 +5,20 @@ Who writes what (one writer per state, `routing.state`):
 - `lifecycle`: the supervisor (`supervise.supervisor`), for launched backends only;
 - `cards`: model discovery (`routing.discovery`);
 - `breaker`: events from forwarded requests and probes (`routing.breaker`);
-- each address's `outstanding`: the requests that hold it.
+- each address's `outstanding`: the requests that hold it;
+- `adapters` and each address's `adapters`: the adapter manager (`adapters.manager`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from ..adapters.config import adapter_specs, read_lora_flags
+from ..adapters.state import AddressAdapters, BackendAdapters
 from ..http.client import LeanTransport
 from ..http.sender import HttpxSender, Sender
 from ..settings import BackendConfig, Settings, Timeouts
@@ -34,6 +38,7 @@ class Upstream:
     healthy: bool = True
     outstanding: int = 0
     default_headers: dict[bytes, bytes] = field(default_factory=dict)
+    adapters: AddressAdapters | None = None  # the LoRA adapters it holds, when its backend has `adapters:`
 
 
 @dataclass(eq=False)
@@ -47,6 +52,7 @@ class Backend:
     lifecycle: Lifecycle | None = None
     cards: list[dict[str, Any]] = field(default_factory=list)
     models_refreshed_at: float | None = None
+    adapters: BackendAdapters | None = None
     turn: int = 0  # counts `pick` calls: addresses tied for least outstanding take turns
 
     def __post_init__(self) -> None:
@@ -134,13 +140,16 @@ class Backend:
     def model_names(self) -> list[str]:
         return [c["id"] for c in self.cards] or list(self.config.models)
 
-    def pick(self) -> Upstream:
+    def pick(self, prefer: Sequence[Upstream] = ()) -> Upstream:
         """Least outstanding requests among healthy addresses (all of them if none is healthy);
         ties taken in turn, so requests that do not overlap still spread over every address
-        (without it, an idle pair of replicas would send everything to the first)."""
+        (without it, an idle pair of replicas would send everything to the first). `prefer`: the
+        same among those of these addresses that are healthy, if any (those holding an adapter)."""
         ups = self.upstreams
         if len(ups) == 1:
             return ups[0]
+        if prefer:
+            ups = [u for u in prefer if u.healthy] or ups
         healthy = [u for u in ups if u.healthy] or ups
         least = min(u.outstanding for u in healthy)
         tied = [u for u in healthy if u.outstanding == least]
@@ -162,6 +171,8 @@ class Backend:
         }
         if self.limit is not None:
             info["limits"] = self.limit.status()
+        if self.adapters is not None:
+            info["adapters"] = self.adapters.status([u.adapters for u in self.upstreams if u.adapters is not None])
         lifecycle = self.lifecycle
         if lifecycle is not None:
             uptime = lifecycle.uptime()
@@ -215,7 +226,13 @@ def make_backend(config: BackendConfig, settings: Settings, transport: httpx.Asy
     if config.max_concurrency:
         limit = ConcurrencyLimit(config.name, config.max_concurrency, config.max_queue, config.queue_timeout)
     upstreams = [make_upstream(url, settings, config, transport) for url in config.all_urls]
-    return Backend(config, upstreams, config.effective_timeouts(settings.timeouts), breaker, limit)
+    adapters = None
+    if config.adapters:
+        adapters = BackendAdapters(adapter_specs(config.adapters), config.adapter_limit)
+        pinned = frozenset(read_lora_flags(config.launch.args).lora_modules) if config.launch else frozenset()
+        for upstream in upstreams:
+            upstream.adapters = AddressAdapters(upstream.url, pinned)
+    return Backend(config, upstreams, config.effective_timeouts(settings.timeouts), breaker, limit, adapters=adapters)
 
 
 __all__ = ["Backend", "Upstream", "backend_headers", "make_backend", "make_upstream"]

@@ -22,10 +22,12 @@ log = logging.getLogger("vllm_gateway.registry")
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where a model name goes: its backend, and the name to put in the body (None: unchanged)."""
+    """Where a model name goes: its backend, the name to put in the body (None: unchanged), and
+    the configured adapter it names, which must be loaded where the request goes (`adapters`)."""
 
     backend: Backend
     upstream_model: str | None
+    adapter: str | None = None
 
 
 class Registry:
@@ -60,7 +62,10 @@ class Registry:
             launch = backend.config.launch
             if launch is not None and not backend.config.models:
                 own.setdefault(launch.model, placeholder_card(launch.model))
+            configured = backend.adapters.specs if backend.adapters is not None else {}
             for name, card in own.items():
+                if name in configured:
+                    continue  # listed below, loaded or not
                 if name in table:
                     if table[name].backend is not backend:
                         log.warning("model %r is served by %r and %r; routing it to %r",
@@ -76,6 +81,11 @@ class Registry:
                 card = dict(base) if base else placeholder_card(alias)
                 card["id"] = alias
                 cards.append(card)
+            adapters = backend.adapters
+            if adapters is not None:  # every configured adapter, loaded or not, as vLLM lists its own
+                for name, spec in adapters.specs.items():
+                    table[name] = Target(backend, None, name)
+                    cards.append(adapter_card(name, spec.lora_path, canonical))
         self._table = table
         self._cards = cards
 
@@ -96,4 +106,9 @@ def placeholder_card(name: str) -> dict[str, Any]:
     }
 
 
-__all__ = ["Registry", "Target", "placeholder_card"]
+def adapter_card(name: str, root: str, parent: str | None) -> dict[str, Any]:
+    """A configured adapter's card, the same whether it is loaded now or not."""
+    return {**placeholder_card(name), "root": root, "parent": parent}
+
+
+__all__ = ["Registry", "Target", "adapter_card", "placeholder_card"]

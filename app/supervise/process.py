@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..adapters.config import RUNTIME_LORA_ENV
 from ..settings import KEEP_ALIVE_ENV, BackendConfig
 
 PR_SET_PDEATHSIG = 1
@@ -63,12 +64,14 @@ def command_line(config: BackendConfig) -> list[str]:
 def environment(config: BackendConfig, base: dict[str, str] | None = None) -> dict[str, str]:
     """The gateway's environment plus `env`; Python output unbuffered so log lines arrive at once;
     the backend's keep-alive (`BackendConfig.effective_keep_alive`), which the gateway's connection
-    pool for it relies on."""
+    pool for it relies on; vLLM's runtime LoRA routes when the gateway loads `adapters` itself."""
     assert config.launch is not None
     env = dict(os.environ if base is None else base)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update({key: substitute(value, config) for key, value in config.launch.env.items()})
     env[KEEP_ALIVE_ENV] = str(config.effective_keep_alive)
+    if config.adapters:
+        env[RUNTIME_LORA_ENV] = "True"
     return env
 
 

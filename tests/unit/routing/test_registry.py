@@ -256,6 +256,34 @@ def test_replicas_with_as_many_requests_outstanding_take_turns(fake) -> None:
     assert [backend.pick() for _ in range(2)] == [third, third]
 
 
+def test_a_preferred_address_is_picked_while_healthy_least_busy_among_them(fake) -> None:
+    reg = registry(fake, {"name": "chat", "urls": ["http://r1:1", "http://r2:2", "http://r3:3"], "models": ["m"]})
+    backend = reg.backends["chat"]
+    first, second, third = backend.upstreams
+    second.outstanding = 5
+    assert [backend.pick((second,)) for _ in range(3)] == [second] * 3  # held there: however busy
+    third.outstanding = 6
+    assert backend.pick((second, third)) is second
+    second.healthy = third.healthy = False
+    assert backend.pick((second, third)) is first  # none healthy holds it: least outstanding of all
+
+
+@pytest.mark.anyio
+async def test_configured_adapters_are_listed_loaded_or_not_with_the_base_as_parent(fake) -> None:
+    fake.health["chat"] = 200
+    fake.models["chat"] = {"data": [card("m"), card("sql", root="/adapters/sql", parent="m"), card("own", parent="m")]}
+    reg = registry(fake, {"name": "chat", "url": "http://chat:8000", "models": ["m"], "max_loaded_adapters": 2,
+                          "adapters": {"sql": "/adapters/sql", "hub": "hf:org/hub-lora"}})
+    before = {c["id"]: c for c in reg.model_cards()}
+    assert list(before) == ["m", "sql", "hub"]
+    assert before["hub"]["parent"] == "m" and before["hub"]["root"] == "org/hub-lora"
+    assert reg.resolve("hub").adapter == "hub" and reg.resolve("m").adapter is None
+    await monitor(reg).check_all()  # the backend lists `sql` (loaded) and `own` (loaded by someone else)
+    after = {c["id"]: c for c in reg.model_cards()}
+    assert list(after) == ["m", "own", "sql", "hub"] and after["sql"] == {**before["sql"], "created": after["sql"]["created"]}
+    assert reg.resolve("sql").adapter == "sql" and reg.resolve("own").adapter is None  # not ours to manage
+
+
 @pytest.mark.parametrize("state", [STARTING, FAILED])
 @pytest.mark.anyio
 async def test_supervised_states_are_not_probed(fake, state) -> None:

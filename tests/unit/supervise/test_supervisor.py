@@ -90,6 +90,13 @@ def test_environment_adds_substituted_env_over_the_gateways() -> None:
                    "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "60"}
 
 
+def test_environment_allows_runtime_lora_updating_only_when_the_gateway_loads_adapters() -> None:
+    inherited = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "0"}
+    with_adapters = Settings(backends=[{**backend(args=["--enable-lora"]), "adapters": {"sql": "/a/sql"}}]).backends[0]
+    assert launch.environment(with_adapters, base=inherited)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert launch.environment(config_of(), base=inherited)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "0"
+
+
 def test_environment_sets_the_backends_keep_alive_over_an_inherited_one() -> None:
     """The gateway's pool for the backend expires idle connections a second before this."""
     inherited = {"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "5"}
