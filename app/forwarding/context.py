@@ -7,15 +7,19 @@ to the object that created it. `draining` is written by the gateway's shutdown a
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from ..metrics import GatewayMetrics
 from ..settings import Settings
 from .affinity import ResponseAffinity
 from .deadline import Deadlines
 
+if TYPE_CHECKING:
+    from ..ui.activity import Activity
+
 
 class ForwardingContext:
-    __slots__ = ("settings", "retries", "metrics", "affinity", "draining", "_deadlines")
+    __slots__ = ("settings", "retries", "metrics", "affinity", "draining", "activity", "_deadlines")
 
     def __init__(self, settings: Settings, metrics: GatewayMetrics) -> None:
         self.settings = settings
@@ -23,6 +27,7 @@ class ForwardingContext:
         self.metrics = metrics
         self.affinity = ResponseAffinity()  # which address holds each stored response
         self.draining = False  # set when the gateway begins to shut down
+        self.activity: Activity | None = None  # the operator page's request list (`ui.activity`), when it is on
         self._deadlines: Deadlines | None = None
 
     def deadlines(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
