@@ -22,6 +22,7 @@ from .api.admin import add_admin_routes
 from .api.app import GatewayApp, add_error_handlers
 from .api.auth import ApiKeyMiddleware
 from .api.model_routes import add_model_routes
+from .api.operator import Access
 from .api.routes import add_routes
 from .forwarding.context import ForwardingContext
 from .forwarding.failures import KINDS
@@ -39,7 +40,6 @@ from .routing.health import HealthMonitor
 from .routing.registry import Registry
 from .settings import Settings, load_settings
 from .supervise.supervisor import Supervisor
-from .ui.access import Access
 from .ui.page import OperatorPage
 from .ui.routes import add_ui_routes
 

@@ -300,7 +300,7 @@ class Settings(BaseSettings):
     gpu: GpuConfig = GpuConfig()
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     metrics_api_key: SecretStr | None = None
-    admin_api_key: SecretStr | None = None  # the admin routes and the operator page's actions (`ui.access`)
+    admin_api_key: SecretStr | None = None  # the admin routes and the operator page's actions (`api.operator`)
     ui: UiConfig = UiConfig()
     metrics_scrape_timeout: float = Field(2.0, gt=0)
     cors: Cors = Cors()

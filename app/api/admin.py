@@ -1,5 +1,5 @@
 """The admin routes under `/admin/`: what an operator asks of a backend, from a script or from the
-operator page's Actions. They take the admin key (`ui.access` has the rule) as
+operator page's Actions. They take the admin key (`api.operator` has the rule) as
 `Authorization: Bearer`, or the page's session cookie.
 
 Here: `POST /admin/backends/{name}/restart`. Sleep, wake and the adapters' load and unload live
@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from ..errors import Conflict, Forbidden, GatewayError, Unauthorized
 from ..routing.backend import Backend
 from ..supervise.supervisor import RestartRefused
-from ..ui.access import ADMIN, Access
+from .operator import ADMIN, Access
 from .routes import json_response
 
 

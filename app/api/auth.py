@@ -4,7 +4,7 @@ WebSocket (`/v1/realtime`) alike.
 Keys are compared in constant time against every configured key (no early exit that would tell
 an attacker how many keys or characters matched). `/health` and `/ready` stay open; `/metrics`
 is open unless `metrics_api_key` is set. `/ui` and `/admin/` check the operator keys and the
-page's session themselves (`ui.access`); `/status` also takes an operator key.
+page's session themselves (`api.operator`); `/status` also takes an operator key.
 """
 
 from __future__ import annotations

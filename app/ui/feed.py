@@ -92,21 +92,22 @@ class LiveFeed:
             except asyncio.QueueFull:  # too slow: end its stream; the browser reconnects and gets a hello
                 self._end(queue)
 
-    def hello(self, role: str) -> bytes:
+    def hello(self, role: str, signed_in: bool = False) -> bytes:
         now = time.time()
         document = status_document(self.state, engine=True)
         return b"retry: 2000\n" + _event("hello", {
-            "role": role, "status": document, "activity": self.activity.rows(), "logs": self.logs.lines(limit=_HELLO_LOG_LINES),
+            "role": role, "signed_in": signed_in, "status": document, "activity": self.activity.rows(),
+            "logs": self.logs.lines(limit=_HELLO_LOG_LINES),
             "timeline": self.timeline.export(now), "config": backend_config(self.state.settings),
             "limits": {"activity": self.activity.rows_kept.maxlen, "log_lines": self.logs.size},
         })
 
-    async def stream(self, role: str) -> AsyncIterator[bytes]:
+    async def stream(self, role: str, signed_in: bool = False) -> AsyncIterator[bytes]:
         """One page's events until it leaves or the gateway shuts down."""
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE)
         self.subscribers.add(queue)
         try:
-            yield self.hello(role)
+            yield self.hello(role, signed_in)
             while True:
                 data = await queue.get()
                 if data is None:

@@ -17,9 +17,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from ..api.operator import ADMIN, COOKIE, VIEW, Access, is_https, same_origin, session_cookie
 from ..errors import Forbidden, GatewayError, Unauthorized, error_body, send_error
 from ..forwarding.forwarder import Forwarder
-from .access import ADMIN, COOKIE, VIEW, Access, is_https, same_origin, session_cookie
 from .feed import LiveFeed
 
 SECURITY_HEADERS = {
@@ -136,8 +136,8 @@ def add_ui_routes(app: FastAPI, access: Access, feed: LiveFeed, forwarder: Forwa
         allowed, why = access.allows(request.scope, VIEW)
         if not allowed:
             return _refusal(why)
-        role, _ = access.role(request.scope)
-        return StreamingResponse(feed.stream(role or VIEW), media_type="text/event-stream",
+        role, by_cookie = access.role(request.scope)
+        return StreamingResponse(feed.stream(role or VIEW, by_cookie), media_type="text/event-stream",
                                  headers={**SECURITY_HEADERS, "cache-control": "no-store", "x-accel-buffering": "no"})
 
     @app.get("/ui/snapshot", include_in_schema=False)

@@ -47,9 +47,14 @@ class EngineStats:
         self._clock = clock
         self._latest: dict[str, _Reading] = {}
         self._previous: dict[str, _Reading] = {}
+        self._page: str | None = None
 
     def update(self, page: str) -> None:
-        """Read one merged backend part (`vllm:*` samples labelled `backend="..."`)."""
+        """Read one merged backend part (`vllm:*` samples labelled `backend="..."`); the same
+        (cached) part again is no new reading: its rates would read zero."""
+        if page == self._page:
+            return
+        self._page = page
         now = self._clock()
         readings: dict[str, _Reading] = {}
         for line in page.splitlines():

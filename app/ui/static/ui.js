@@ -552,6 +552,7 @@
       ui.config = data.config || {};
       ui.limits = data.limits || ui.limits;
       $("role").textContent = data.role === "admin" ? "admin" : "watching (no actions)";
+      document.querySelector("form.logout").hidden = !data.signed_in;
       addActivity(data.activity, true);
       $("log-lines").replaceChildren();
       ui.logSeq = 0;

@@ -8,7 +8,7 @@
 | only `api_keys` | refused: set one of the two above | refused |
 
 A key comes as `Authorization: Bearer <key>` (scripts) or, for the page, once through the sign-in
-form, which gives an HttpOnly, SameSite=Strict cookie holding a signed session (`ui.sessions`);
+form, which gives an HttpOnly, SameSite=Strict cookie holding a signed session (`api.sessions`);
 no key is ever put in a page or a URL. A request that relies on the cookie to change something
 must come from the page itself (`Sec-Fetch-Site: same-origin`, or an `Origin` naming this host).
 """
