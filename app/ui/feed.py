@@ -83,7 +83,7 @@ class LiveFeed:
             page = await self.state.metrics_page.backend_part()
         except Exception:  # the metrics page logs its own failures
             return
-        self.engine.update(page.decode("utf-8", "replace"))
+        self.engine.update(page)
 
     def publish(self, data: bytes) -> None:
         for queue in list(self.subscribers):

@@ -47,14 +47,16 @@ class EngineStats:
         self._clock = clock
         self._latest: dict[str, _Reading] = {}
         self._previous: dict[str, _Reading] = {}
-        self._page: str | None = None
+        self._page: bytes | str | None = None
 
-    def update(self, page: str) -> None:
-        """Read one merged backend part (`vllm:*` samples labelled `backend="..."`); the same
-        (cached) part again is no new reading: its rates would read zero."""
-        if page == self._page:
+    def update(self, page: bytes | str) -> None:
+        """Read one merged backend part (`vllm:*` samples labelled `backend="..."`). The very same
+        object again is the metrics page's cached part, no new reading: it would read as no tokens."""
+        if page is self._page:
             return
         self._page = page
+        if isinstance(page, bytes):
+            page = page.decode("utf-8", "replace")
         now = self._clock()
         readings: dict[str, _Reading] = {}
         for line in page.splitlines():

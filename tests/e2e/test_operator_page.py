@@ -384,9 +384,9 @@ def test_screenshot_of_three_backends_for_the_readme(open_page: Any, tmp_path: P
     writes it there); three launched backends planned from the fixtures' model files, on a fake 48 GB GPU."""
     embed = sim_backend("embed", EMBED_06B, kind="embedding", gpu_memory_utilization=0.15, max_model_len=8192)
     embed["models"] = ["Qwen/Qwen3-Embedding-0.6B"]
-    guard = sim_backend("guard", QWEN3_8B, gpu_memory_utilization=0.55, max_model_len=32768)
+    guard = sim_backend("guard", QWEN3_8B, gpu_memory_utilization=0.55, max_model_len=32768, args=["--token-delay", "0.02"])
     guard["models"] = ["Qwen/Qwen3Guard-Gen-8B"]
-    small = sim_backend("chat", QWEN3_06B, gpu_memory_utilization=0.15, max_model_len=16384)
+    small = sim_backend("chat", QWEN3_06B, gpu_memory_utilization=0.15, max_model_len=16384, args=["--token-delay", "0.01"])
     small["models"], small["aliases"] = ["Qwen/Qwen3-0.6B"], ["gpt-4o-mini"]
     gpu = FakeGpu(0, total=48 * GB, used=2 * GB, busy=0.37, name="NVIDIA L40S")
     settings = gateway_settings(embed, guard, small, gpu={"memory": "48GB"}, health_check_interval=0.3)
@@ -407,7 +407,11 @@ def test_screenshot_of_three_backends_for_the_readme(open_page: Any, tmp_path: P
         tab = page.open()
         assert wait_for(lambda: "guard" in tab.locator("#gpus").inner_text(), timeout=10)
         page.details("guard")
-        time.sleep(1.5)  # a tick with the engine figures read twice (tokens per second)
+        for n in range(4):  # traffic while the page watches: the engines' tokens per second come from two readings
+            sdk.chat.completions.create(model="Qwen/Qwen3Guard-Gen-8B", max_tokens=30,
+                                        messages=[{"role": "user", "content": f"more {n}"}])
+        assert wait_for(lambda: tab.locator("tr.backend[data-backend='guard'] td").nth(10).inner_text() not in ("–", "0.0"),
+                        timeout=10)
         target = SCREENSHOT if os.environ.get("GATEWAY_UPDATE_SCREENSHOT") else tmp_path / "operator-page.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         tab.screenshot(path=str(target), full_page=True)

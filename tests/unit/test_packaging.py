@@ -87,3 +87,24 @@ def test_no_import_cycle_between_packages() -> None:
         package = module.split(".")[0]
         packages.setdefault(package, set()).update(t.split(".")[0] for t in targets if "." in t)
     assert _cycle({p: deps - {p} for p, deps in packages.items()}) is None
+
+
+def test_the_operator_page_and_its_assets_stay_under_150_kb() -> None:
+    static = ROOT / "app" / "ui" / "static"
+    page = sum(path.stat().st_size for path in static.iterdir() if path.name != "login.html")
+    print(f"\noperator page with its assets: {page:,} bytes")
+    assert page < 150_000
+
+
+def test_a_built_wheel_carries_the_operator_pages_assets(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import zipfile
+
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                            str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("vllm_gateway-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for asset in ("index.html", "login.html", "ui.css", "ui.js", "favicon.svg"):
+        assert f"vllm_gateway/ui/static/{asset}" in names
