@@ -49,6 +49,7 @@ class LiveFeed:
         self._activity_sent = 0
         self._logs_sent = 0
         self._scrape: asyncio.Task[None] | None = None
+        self.closed = False  # the gateway is shutting down: no new page is kept open
 
     async def run(self) -> None:
         """The ticker (the app's lifespan starts and cancels it)."""
@@ -105,9 +106,12 @@ class LiveFeed:
     async def stream(self, role: str, signed_in: bool = False) -> AsyncIterator[bytes]:
         """One page's events until it leaves or the gateway shuts down."""
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE)
-        self.subscribers.add(queue)
+        if not self.closed:
+            self.subscribers.add(queue)
         try:
             yield self.hello(role, signed_in)
+            if self.closed:
+                return
             while True:
                 data = await queue.get()
                 if data is None:
@@ -118,6 +122,7 @@ class LiveFeed:
 
     def close(self) -> None:
         """Shutdown: end every page's stream, so none holds the server's graceful exit."""
+        self.closed = True
         for queue in list(self.subscribers):
             self._end(queue)
 

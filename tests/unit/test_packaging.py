@@ -97,12 +97,18 @@ def test_the_operator_page_and_its_assets_stay_under_150_kb() -> None:
 
 
 def test_a_built_wheel_carries_the_operator_pages_assets(tmp_path: Path) -> None:
+    import shutil
     import subprocess
     import sys
     import zipfile
 
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                            str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    source = tmp_path / "src"  # built from a copy: setuptools writes build/ beside the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "app", source / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
+                           capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
     (wheel,) = tmp_path.glob("vllm_gateway-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -63,3 +63,17 @@ def test_every_field_of_status_is_in_the_readmes_data_model_table() -> None:
     ext = next(b for b in doc["backends"] if b["name"] == "ext")
     assert ext["limits"]["max_concurrency"] == 2 and ext["engine"]["kv_cache_usage"] == 0.5
     assert doc["gpus"][0]["foreign"] == [{"pid": 4_000_000, "bytes": GB}]
+
+
+def test_with_the_page_off_nothing_hooks_the_request_path_and_the_rates_are_null() -> None:
+    from fastapi.testclient import TestClient
+
+    settings = Settings(ui={"enabled": False}, backends=[{"name": "ext", "url": "http://ext:8000"}])
+    app = create_app(settings, transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+    assert app.state.forwarding.activity is None and app.state.live_feed is None
+    traffic = status_document(app.state)["backends"][0]["traffic"]
+    assert traffic["in_flight"] == 0 and traffic["requests_per_s"] is None and traffic["p99_s"] is None
+    with TestClient(app) as client:
+        assert client.get("/ui").status_code == 404
+        assert "engine" not in client.get("/status").json()["backends"][0]
+        assert client.get("/status?engine=true").json()["backends"][0]["engine"] is None

@@ -75,6 +75,10 @@ async def test_every_page_gets_the_same_bytes_each_tick_and_nothing_is_scraped_f
             while True:
                 await page.__anext__()
     assert not feed.subscribers
+    late = feed.stream("view")  # a page that connects while the gateway shuts down gets one snapshot, then the end
+    assert b"event: hello" in await late.__anext__()
+    with pytest.raises(StopAsyncIteration):
+        await late.__anext__()
 
 
 async def test_a_page_that_does_not_read_is_dropped_and_its_stream_ends() -> None:
