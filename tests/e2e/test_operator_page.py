@@ -417,3 +417,42 @@ def test_screenshot_of_three_backends_for_the_readme(open_page: Any, tmp_path: P
         tab.screenshot(path=str(target), full_page=True)
         page.close()
         assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_page_works_in_firefox_too(tmp_path: Path) -> None:
+    """Debian's firefox-esr through its Marionette protocol (`tests/e2e/marionette.py`): sign in, the
+    live table, a row's details, a streamed playground answer, and no error the page threw."""
+    from tests.e2e.marionette import FIREFOX, firefox
+    from tests.e2e.test_launch import free_port
+
+    if not Path(FIREFOX).exists():
+        message = "firefox-esr is not installed: run scripts/test-tools.sh (make test does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with running(simulator(["sim-chat"], CHAT, token_delay=0.02)) as chat, running(simulator(["sim-embed"], EMBEDDING)) as embed, \
+            gateway({"name": "chat", "url": chat.url}, {"name": "embed", "url": embed.url}, admin_api_key=ADMIN_KEY) as gw, \
+            firefox(tmp_path / "profile", free_port()) as browser:
+        browser.command("WebDriver:Navigate", url=f"{gw.url}/ui")
+        browser.run("window.pageErrors = []; addEventListener('error', e => window.pageErrors.push(String(e.message)));"
+                    "document.getElementById('key').value = arguments[0]; document.querySelector('form').submit();",
+                    ADMIN_KEY)
+        assert wait_for(lambda: browser.run("return document.getElementById('live') && "
+                                            "document.getElementById('live').textContent") == "live", timeout=15)
+        browser.run("window.pageErrors = []; addEventListener('error', e => window.pageErrors.push(String(e.message)));")
+        assert wait_for(lambda: browser.run(
+            "return [...document.querySelectorAll('tr.backend td.state')].map(c => c.textContent)") == ["ready", "ready"],
+            timeout=10)
+        assert browser.run("return [document.cookie, document.getElementById('role').textContent]") == ["", "admin"]
+        browser.run("document.querySelector(\"tr.backend[data-backend='chat']\").dispatchEvent("
+                    "new MouseEvent('click', {bubbles: true}));")
+        assert wait_for(lambda: browser.run("return document.querySelectorAll('tr.details').length") == 1, timeout=5)
+        browser.run("document.getElementById('chat-model').value = 'sim-chat'; document.getElementById('chat-max').value = '8';"
+                    "document.getElementById('chat-input').value = 'hello'; document.getElementById('chat-send').click();")
+        assert wait_for(lambda: "8 completion tokens" in browser.run("return document.getElementById('chat-meta').textContent"),
+                        timeout=15)
+        assert browser.run("return document.querySelector('#chat-log .assistant').textContent").strip()
+        assert browser.run("return window.pageErrors") == []
+        requests = browser.run("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert requests and all(url.startswith(gw.url + "/") for url in requests)
+        browser.command("WebDriver:Navigate", url="about:blank")  # its event stream closed before the gateway stops
