@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from ..api.operator import ADMIN, COOKIE, VIEW, Access, is_https, same_origin, session_cookie
+from ..api.operator import COOKIE, VIEW, Access, is_https, same_origin, session_cookie
 from ..errors import Forbidden, GatewayError, Unauthorized, error_body, send_error
 from ..forwarding.forwarder import Forwarder
 from .feed import LiveFeed
@@ -165,4 +165,4 @@ def add_ui_routes(app: FastAPI, access: Access, feed: LiveFeed, forwarder: Forwa
     app.router.routes.append(Route("/ui/playground", PlaygroundEndpoint(access, forwarder), methods=["POST"]))
 
 
-__all__ = ["ADMIN", "PUBLIC_ASSETS", "SECURITY_HEADERS", "add_ui_routes"]
+__all__ = ["PLAYGROUND_ROUTE", "PUBLIC_ASSETS", "SECURITY_HEADERS", "add_ui_routes"]
