@@ -307,6 +307,7 @@ vllm-gateway demo: two simulated vLLM backends behind one OpenAI endpoint
   base URL   {base}
   models     demo-chat (alias gpt-4o-mini), demo-embed (alias text-embedding-3-small)
   status     http://{host}:{port}/status    metrics http://{host}:{port}/metrics
+  operator page  http://{host}:{port}/ui  (GPU, backends, activity, logs, a playground)
 
 Try it:
   curl {base}/models

@@ -99,6 +99,10 @@ def add_ui_routes(app: FastAPI, access: Access, feed: LiveFeed, forwarder: Forwa
             return login_page(why if access.client_keys_only else "")
         return assets.response("index.html", request)
 
+    @app.get("/ui/", include_in_schema=False)
+    async def ui_slash() -> Response:
+        return Response(status_code=308, headers={**SECURITY_HEADERS, "location": "/ui"})
+
     @app.post("/ui/login", include_in_schema=False)
     async def login(request: Request) -> Response:
         if not same_origin(request.scope["headers"]):

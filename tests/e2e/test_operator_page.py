@@ -172,6 +172,7 @@ def test_without_the_key_the_page_and_its_data_are_refused() -> None:
             assert refused.status_code == 401, path
             assert refused.json()["error"]["type"] == "authentication_error", path
         assert httpx.get(f"{gw.url}/ui/static/ui.css").status_code == 200  # the sign-in form's style, no data
+        assert httpx.get(f"{gw.url}/ui/").headers["location"] == "/ui"
         for path in ("/ui/playground", "/admin/backends/chat/restart"):
             assert httpx.post(f"{gw.url}{path}", json={}).status_code == 401, path
         # The client key opens the models, not the operator page.
