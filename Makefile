@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast check bench tools vllm-env clean
+.PHONY: demo test test-fast check bench tools vllm-env screenshot clean
 
 $(VENV)/.installed: pyproject.toml
 	@echo "[setup] creating $(VENV) and installing vllm-gateway with its test dependencies"
@@ -38,6 +38,10 @@ test-fast: $(VENV)/.installed check tools
 # Gateway vs direct, side by side (installs nginx and wrk when missing); e.g. BENCH_ARGS=--quick.
 bench: $(VENV)/.installed
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# docs/operator-page.png, taken by the operator page's browser test (three launched simulated backends).
+screenshot: $(VENV)/.installed tools
+	GATEWAY_UPDATE_SCREENSHOT=1 $(PY) -m pytest -q tests/e2e/test_operator_page.py -k screenshot
 
 clean:
 	rm -rf $(VENV) .pytest_cache

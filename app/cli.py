@@ -62,6 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(run=_plan)
 
+    status = commands.add_parser("status", help="a running gateway's /status as a table (for a terminal over SSH)")
+    status.add_argument("--url", default=os.environ.get("VLLM_GATEWAY_URL", "http://127.0.0.1:8080"),
+                        help="the gateway (default: $VLLM_GATEWAY_URL, else http://127.0.0.1:8080)")
+    status.add_argument("--key-env", default="VLLM_GATEWAY_KEY", metavar="NAME",
+                        help="environment variable holding the key to send (default VLLM_GATEWAY_KEY): a client key, "
+                             "or the admin or metrics key; kept out of your shell history")
+    status.add_argument("--key", help="the key itself (prefer --key-env: a flag stays in shell history and ps)")
+    status.add_argument("--json", action="store_true", help="print the /status document as it came")
+    status.add_argument("--watch", type=float, metavar="SECONDS", help="redraw every SECONDS until Ctrl-C")
+    status.set_defaults(run=_status)
+
     demo = commands.add_parser("demo", help="two simulated vLLM backends and the gateway in front of them (no GPU needed)")
     demo.add_argument("--host", default="127.0.0.1", help="address of the gateway (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=8080, help="port of the gateway (default 8080)")
@@ -197,6 +208,27 @@ def _plan(args: argparse.Namespace) -> int:
     return 2 if memory_plan.refusals() else 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from .status_table import StatusUnavailable, fetch_status, render_status
+
+    key = args.key or os.environ.get(args.key_env) or None
+    while True:
+        try:
+            document = fetch_status(args.url, key)
+        except StatusUnavailable as exc:
+            print(f"vllm-gateway status: {exc}", file=sys.stderr)
+            return 1
+        text = json.dumps(document, indent=2) if args.json else render_status(document)
+        if not args.watch:
+            print(text)
+            return 0
+        print("\x1b[H\x1b[2J" + text, flush=True)  # home and clear: a redraw, as `watch` does
+        time.sleep(args.watch)
+
+
 def routing_table(settings: Settings, memory_plan: Plan | None = None) -> str:
     lines = [f"gateway listens on {settings.host}:{settings.port} with {len(settings.backends)} backend(s)"]
     if not settings.backends:
@@ -275,6 +307,7 @@ vllm-gateway demo: two simulated vLLM backends behind one OpenAI endpoint
   base URL   {base}
   models     demo-chat (alias gpt-4o-mini), demo-embed (alias text-embedding-3-small)
   status     http://{host}:{port}/status    metrics http://{host}:{port}/metrics
+  operator page  http://{host}:{port}/ui  (GPU, backends, activity, logs, a playground)
 
 Try it:
   curl {base}/models

@@ -18,9 +18,11 @@ import httpx
 from fastapi import FastAPI
 
 from . import __version__
+from .api.admin import add_admin_routes
 from .api.app import GatewayApp, add_error_handlers
 from .api.auth import ApiKeyMiddleware
 from .api.model_routes import add_model_routes
+from .api.operator import Access
 from .api.routes import add_routes
 from .forwarding.context import ForwardingContext
 from .forwarding.failures import KINDS
@@ -38,6 +40,8 @@ from .routing.health import HealthMonitor
 from .routing.registry import Registry
 from .settings import Settings, load_settings
 from .supervise.supervisor import Supervisor
+from .ui.page import OperatorPage
+from .ui.routes import add_ui_routes
 
 log = logging.getLogger("vllm_gateway")
 
@@ -55,6 +59,9 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             metrics.declare_adapters(backend.name, list(backend.adapters.specs),
                                      sum(len(u.adapters.pinned) for u in backend.upstreams if u.adapters is not None))
     ctx = ForwardingContext(settings, metrics)
+    page = OperatorPage(settings) if settings.ui.enabled else None
+    if page is not None:
+        ctx.activity = page.activity
     forwarder = Forwarder(registry, ctx)
     discovery = ModelDiscovery(registry)
     health = HealthMonitor(registry, discovery, settings)
@@ -64,7 +71,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     supervisor = None
     pgids: dict[str, int] = {}
     if registry.launched:
-        supervisor = Supervisor(registry, discovery, metrics, plan=plan)
+        supervisor = Supervisor(registry, discovery, metrics, plan=plan,
+                                output_tap=page.logs.backend_output if page is not None else None)
         pgids = supervisor.pgids
     telemetry = GpuTelemetry(gpus, pgids=lambda: pgids) if gpus is not None else None
     if supervisor is not None:
@@ -85,9 +93,13 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             monitor = asyncio.create_task(health.run(), name="backend-monitor")
             if telemetry is not None and telemetry.available:
                 watcher = asyncio.create_task(_watch_gpus(telemetry, settings.health_check_interval), name="gpu-telemetry")
+            if page is not None:
+                page.start()
             yield
         finally:
             app.state.shutting_down = True
+            if page is not None:
+                await page.stop()
             for task in (monitor, watcher):
                 if task is not None:
                     task.cancel()
@@ -122,15 +134,24 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     state.gpu_telemetry = telemetry
     state.metrics_page = MetricsPage(registry, metrics, settings.metrics_scrape_timeout)
     state.shutting_down = False
+    state.access = Access(settings)
+    state.activity = page.activity if page is not None else None
+    state.engine_stats = page.engine if page is not None else None
+    state.live_feed = page.bind(state) if page is not None else None
 
     def begin_shutdown() -> None:
         """/ready turns 503 and new requests are refused; in-flight ones get the grace period."""
         state.shutting_down = True
         ctx.begin_shutdown()
+        if state.live_feed is not None:
+            state.live_feed.close()  # open pages must not hold the server's graceful exit
 
     state.begin_shutdown = begin_shutdown
     model_endpoints = add_model_routes(app, forwarder, RealtimeEndpoint(registry, ctx))
     add_routes(app)
+    add_admin_routes(app)
+    if page is not None:
+        add_ui_routes(app, state.access, state.live_feed, forwarder)
     add_error_handlers(app)
     _protect(app, settings, model_endpoints)
     return app
@@ -151,8 +172,9 @@ def _protect(app: GatewayApp, settings: Settings, model_endpoints: dict[str, Any
         )
     keys = [key.get_secret_value() for key in settings.api_keys]
     metrics_key = settings.metrics_api_key.get_secret_value() if settings.metrics_api_key else None
+    operator_keys = tuple(k.get_secret_value() for k in (settings.admin_api_key, settings.metrics_api_key) if k)
     if keys or metrics_key:
-        app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_key=metrics_key)
+        app.add_middleware(ApiKeyMiddleware, keys=keys, metrics_key=metrics_key, operator_keys=operator_keys)
     if settings.cors.allow_origins:  # CORS must see every request: then no shortcut
         return
     if keys:

@@ -87,6 +87,14 @@ class GpuConfig(_Strict):
             raise ValueError(f"gpu.memory: {exc}; expected {SIZE_HELP}") from None
 
 
+class UiConfig(_Strict):
+    """The operator page (`app/ui`): on by default; its rings are bounded by these sizes."""
+
+    enabled: bool = True
+    activity: int = Field(500, ge=10, le=100_000)  # requests kept for the Activity list
+    log_lines: int = Field(1000, ge=10, le=100_000)  # lines kept per source (each backend, the gateway)
+
+
 class LaunchConfig(_Strict):
     """How the gateway starts this backend's vLLM process (absent: the backend is external)."""
 
@@ -312,6 +320,8 @@ class Settings(BaseSettings):
     gpu: GpuConfig = GpuConfig()
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     metrics_api_key: SecretStr | None = None
+    admin_api_key: SecretStr | None = None  # the admin routes and the operator page's actions (`api.operator`)
+    ui: UiConfig = UiConfig()
     metrics_scrape_timeout: float = Field(2.0, gt=0)
     cors: Cors = Cors()
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
@@ -448,6 +458,8 @@ class Settings(BaseSettings):
                                  f"are read from disk again when asked for: raise --max-cpu-loras to match")
         if self.host not in ("127.0.0.1", "localhost", "::1") and not self.api_keys:
             notes.append("api_keys: none configured while listening beyond loopback; anyone who reaches the port can use it")
+        if self.ui.enabled and self.api_keys and not (self.metrics_api_key or self.admin_api_key):
+            notes.append("ui: the operator page (/ui) opens only with metrics_api_key or admin_api_key; neither is set")
         return notes
 
 

@@ -3,7 +3,8 @@ WebSocket (`/v1/realtime`) alike.
 
 Keys are compared in constant time against every configured key (no early exit that would tell
 an attacker how many keys or characters matched). `/health` and `/ready` stay open; `/metrics`
-is open unless `metrics_api_key` is set.
+is open unless `metrics_api_key` is set. `/ui` and `/admin/` check the operator keys and the
+page's session themselves (`api.operator`); `/status` also takes an operator key.
 """
 
 from __future__ import annotations
@@ -17,15 +18,20 @@ from ..errors import Unauthorized, send_error
 _OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/openapi.json"})
 
 
+def _self_guarded(path: str) -> bool:
+    return path == "/ui" or path.startswith(("/ui/", "/admin/"))
+
+
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app: Any, keys: list[str], metrics_key: str | None) -> None:
+    def __init__(self, app: Any, keys: list[str], metrics_key: str | None, operator_keys: tuple[str, ...] = ()) -> None:
         self.app = app
         self._keys = [_digest(k) for k in keys]
         self._metrics_key = _digest(metrics_key) if metrics_key else None
+        self._status_keys = self._keys + [_digest(k) for k in operator_keys]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -35,8 +41,10 @@ class ApiKeyMiddleware:
         path = scope["path"]
         if path == "/metrics":
             allowed = [self._metrics_key] if self._metrics_key else None
-        elif path in _OPEN_PATHS or not self._keys:
+        elif path in _OPEN_PATHS or not self._keys or _self_guarded(path):
             allowed = None
+        elif path == "/status":
+            allowed = self._status_keys
         else:
             allowed = self._keys
         if allowed is None or _matches(_bearer(scope["headers"]), allowed):

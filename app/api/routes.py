@@ -9,30 +9,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from .. import __version__
-from ..gpu.telemetry import GpuSnapshot
-from ..planner.plan import BackendPlan
-from ..planner.render import plan_line
+from .status import status_document
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
-
-
-def memory_status(plan: BackendPlan) -> dict[str, Any]:
-    """A backend's memory plan as /status shows it (what `vllm-gateway plan` prints, as figures)."""
-    return {"status": plan.status, "reason": plan.reason or None, "line": plan_line(plan), "share": plan.share,
-            "share_source": plan.share_source, "devices": list(plan.devices), "weights_bytes": plan.weights_bytes,
-            "kv_bytes_per_token": plan.kv_bytes_per_token, "kv_bytes": plan.kv_bytes, "kv_tokens": plan.kv_tokens,
-            "sequences": plan.sequences, "max_model_len": plan.max_model_len, "estimated_bytes": plan.estimated_bytes}
-
-
-def gpus_status(snapshot: GpuSnapshot | None) -> list[dict[str, Any]]:
-    """Each GPU as NVML last read it (empty until the first reading)."""
-    if snapshot is None:
-        return []
-    return [{"index": d.index, "uuid": d.uuid, "name": d.name, "total_bytes": d.total_bytes, "used_bytes": d.used_bytes,
-             "utilization": d.utilization, "by_backend": dict(d.by_backend),
-             "foreign": [{"pid": pid, "bytes": held} for pid, held in d.foreign]} for d in snapshot.devices]
 
 
 def add_routes(app: FastAPI) -> None:
@@ -63,27 +44,13 @@ def add_routes(app: FastAPI) -> None:
             return json_response({"ready": False, "reason": reason, "not_ready": down}, 503)
         return json_response({"ready": True, "backends": [n for n, ok in results.items() if ok], "not_ready": down})
 
-    @app.get("/status", summary="Each backend's state, models, last error, planned memory and GPU memory held")
-    async def status(request: Request) -> Response:
+    @app.get("/status", summary="The gateway's data model: each backend's state, models, traffic, plan and GPU memory")
+    async def status(request: Request, engine: bool = False) -> Response:
+        """`?engine=true`: also each backend's own vLLM figures (one shared scrape, `ui.vllm_stats`)."""
         state = request.app.state
-        telemetry = state.gpu_telemetry
-        snapshot = telemetry.latest if telemetry is not None else None
-        plans = {b.name: b for b in state.plan.backends} if state.plan is not None else {}
-        backends = []
-        for backend in state.registry.backends.values():
-            info = backend.status()
-            planned = plans.get(backend.name)
-            if planned is not None:
-                info["memory"] = memory_status(planned)
-            if snapshot is not None and backend.launched:
-                info["gpu_memory_bytes"] = snapshot.backend_memory(backend.name)
-            backends.append(info)
-        return json_response({
-            "version": __version__,
-            "shutting_down": state.shutting_down,
-            "backends": backends,
-            "gpus": gpus_status(snapshot) if telemetry is not None else None,
-        })
+        if engine and state.live_feed is not None:
+            await state.live_feed.read_engines()
+        return json_response(status_document(state, engine=engine))
 
     @app.get("/version")
     async def version() -> Response:

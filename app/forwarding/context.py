@@ -8,6 +8,7 @@ is the adapter manager, which loads the LoRA adapter a request names where it go
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from ..adapters.manager import AdapterManager
 from ..metrics import GatewayMetrics
@@ -15,9 +16,12 @@ from ..settings import Settings
 from .affinity import ResponseAffinity
 from .deadline import Deadlines
 
+if TYPE_CHECKING:
+    from ..ui.activity import Activity
+
 
 class ForwardingContext:
-    __slots__ = ("settings", "retries", "metrics", "affinity", "draining", "adapters", "_deadlines")
+    __slots__ = ("settings", "retries", "metrics", "affinity", "draining", "adapters", "activity", "_deadlines")
 
     def __init__(self, settings: Settings, metrics: GatewayMetrics) -> None:
         self.settings = settings
@@ -26,6 +30,7 @@ class ForwardingContext:
         self.affinity = ResponseAffinity()  # which address holds each stored response
         self.draining = False  # set when the gateway begins to shut down
         self.adapters = AdapterManager(metrics)
+        self.activity: Activity | None = None  # the operator page's request list (`ui.activity`), when it is on
         self._deadlines: Deadlines | None = None
 
     def deadlines(self, loop: asyncio.AbstractEventLoop) -> Deadlines:

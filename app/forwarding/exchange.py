@@ -63,7 +63,7 @@ class Exchange:
     __slots__ = ("ctx", "scope", "send", "endpoint", "backend", "body", "headers", "request_id", "recorder",
                  "started", "status", "response_started", "finished", "client_gone", "streaming", "delivered",
                  "upstream", "task", "loop", "watchdog", "total_deadline", "pipe_chunk", "method", "pinned",
-                 "stored_as", "adapter", "holding")
+                 "stored_as", "adapter", "holding", "first_byte_at", "usage", "tail_prev", "tail_last")
 
     def __init__(self, ctx: ForwardingContext, scope: dict[str, Any], send: Any, endpoint: str, backend: Backend,
                  body: bytes, headers: list[tuple[bytes, bytes]], request_id: bytes, recorder: RequestMetrics,
@@ -84,6 +84,11 @@ class Exchange:
         self.upstream: Upstream | None = None  # the address the response came from, counted outstanding
         self.adapter = adapter  # a configured LoRA adapter: loaded where the request goes, first
         self.holding: Upstream | None = None  # where `adapter` is counted in flight for this request
+        # For the operator page's Activity (`ui.activity`): when the first byte went out, the JSON
+        # answer's usage, a stream's last two chunks (its usage event is at the end).
+        self.first_byte_at = 0.0
+        self.usage: Any = None
+        self.tail_prev = self.tail_last = b""
 
     async def run(self, receive: Any) -> None:
         task = asyncio.current_task()
@@ -146,7 +151,10 @@ class Exchange:
             recorder.in_flight.dec()
             if self.status:
                 recorder.count(self.status)
-            recorder.duration.observe(time.perf_counter() - self.started)
+            ended = time.perf_counter()
+            recorder.duration.observe(ended - self.started)
+            if self.ctx.activity is not None:
+                self.ctx.activity.finished(self, ended)
 
     async def _close_for_shutdown(self) -> None:
         error = ServiceUnavailable("the gateway shut down before this response was complete; retry",
@@ -163,6 +171,14 @@ class Exchange:
             if message["type"] == "http.disconnect":
                 self._client_lost()
                 return
+
+    @property
+    def model(self) -> str:
+        return self.recorder.model
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
 
     def _client_lost(self) -> None:
         if not self.finished:
@@ -377,7 +393,10 @@ class Exchange:
                 payload = _openai_shaped(decoded, status, payload, self.endpoint)
             elif self.stored_as is not None and isinstance(decoded, dict) and isinstance(decoded.get("id"), str):
                 self._remember(decoded["id"])
-        self.recorder.ttfb.observe(time.perf_counter() - self.started)
+            if isinstance(decoded, dict):
+                self.usage = decoded.get("usage")
+        self.first_byte_at = time.perf_counter()
+        self.recorder.ttfb.observe(self.first_byte_at - self.started)
         if encoding is not None:
             headers = [(k, v) for k, v in headers if k != b"content-encoding"]
         headers.append((b"content-length", b"%d" % len(payload)))
@@ -395,6 +414,7 @@ class Exchange:
         """After each stream chunk reaches the client: the end seen, and the next gap allowed."""
         if chunk.endswith(_DONE):
             self.delivered = True
+        self.tail_prev, self.tail_last = self.tail_last, chunk
         self._allow_gap()
 
     def _allow_gap(self) -> None:
@@ -423,7 +443,8 @@ class Exchange:
             self._allow_gap()
             chunk = await next_chunk()
             if chunk is not None:
-                self.recorder.ttfb.observe(time.perf_counter() - self.started)
+                self.first_byte_at = time.perf_counter()
+                self.recorder.ttfb.observe(self.first_byte_at - self.started)
                 if self.stored_as is not None and reply.status < 400:
                     self._remember(id_in_stream(chunk))
             pipe_tried = not reply.pipes

@@ -58,13 +58,14 @@ class Forwarder:
             target, model, upstream_body, data = await self._route(receive, headers, multipart)
         except GatewayError as error:
             self.metrics.for_request(UNKNOWN_MODEL, NO_BACKEND, endpoint).count(error.status)
+            self._note_refusal(UNKNOWN_MODEL, NO_BACKEND, endpoint, error.status, request_id, started)
             await send_error(send, error, request_id)
             return
         except ClientGone:
             return
         backend = target.backend
         recorder = self.metrics.for_request(model, backend.name, endpoint)
-        if await self._refused(backend, recorder, send, request_id):
+        if await self._refused(backend, recorder, send, request_id, endpoint, started):
             return
         pinned = stored_as = None
         if endpoint == RESPONSES:
@@ -99,13 +100,14 @@ class Forwarder:
                     param="response_id")
         except GatewayError as error:
             self.metrics.for_request(UNKNOWN_MODEL, NO_BACKEND, label).count(error.status)
+            self._note_refusal(UNKNOWN_MODEL, NO_BACKEND, label, error.status, request_id, started)
             await send_error(send, error, request_id)
             return
         except ClientGone:
             return
         backend, upstream, model = found
         recorder = self.metrics.for_request(model, backend.name, label)
-        if await self._refused(backend, recorder, send, request_id):
+        if await self._refused(backend, recorder, send, request_id, label, started):
             return
         path = f"{RESPONSES}/{response_id}" + ("/cancel" if action == "cancel" else "")
         exchange = Exchange(self.ctx, scope, send, path, backend, body, headers, request_id, recorder, started,
@@ -117,15 +119,22 @@ class Forwarder:
             raise ServiceUnavailable("the gateway is shutting down; retry against another instance",
                                      headers={"Retry-After": "1"}, code="shutting_down")
 
-    @staticmethod
-    async def _refused(backend: Backend, recorder: RequestMetrics, send: Any, request_id: bytes) -> bool:
+    async def _refused(self, backend: Backend, recorder: RequestMetrics, send: Any, request_id: bytes, endpoint: str,
+                       started: float) -> bool:
         """Answered at once because the backend cannot take it now (down, or its circuit open)."""
         refused = refusal(backend)
         if refused is None:
             return False
         recorder.count(refused.status)
+        self._note_refusal(recorder.model, backend.name, endpoint, refused.status, request_id, started)
         await send_error(send, refused, request_id)
         return True
+
+    def _note_refusal(self, model: str, backend: str, endpoint: str, status: int, request_id: bytes,
+                      started: float) -> None:
+        """The operator page's Activity lists what the gateway refused by itself too."""
+        if self.ctx.activity is not None:
+            self.ctx.activity.refused(model, backend, endpoint, status, request_id, started)
 
     async def _run(self, exchange: Exchange, receive: Any, request_id: bytes) -> None:
         try:

@@ -39,6 +39,10 @@ class RequestMetrics:
         self.disconnects = metrics.client_disconnects.labels(model)
         self._key = (model, backend, endpoint)
 
+    @property
+    def model(self) -> str:
+        return self._key[0]
+
     def count(self, status: int) -> None:
         child = self._statuses.get(status)
         if child is None:

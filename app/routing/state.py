@@ -101,6 +101,10 @@ class Lifecycle:
     def restarted(self) -> None:
         self.restarts += 1
 
+    def resumed(self) -> None:
+        """Started again by an operator after the supervisor gave up."""
+        self.given_up = False
+
     def stopped(self) -> None:
         if not self.given_up:
             self.state = STOPPED

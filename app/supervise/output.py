@@ -1,11 +1,13 @@
 """A backend process's output: copied line by line into the gateway's log, prefixed `[name] `,
-and into the per-backend log file when one is configured."""
+into the per-backend log file when one is configured, and to a `tap` (the operator page's log
+rings, `ui.logs`) when given."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -20,10 +22,12 @@ class OutputRelay:
     in chunks rather than `readline`, which drops a line longer than the stream's limit.
     """
 
-    def __init__(self, name: str, log_file: Path | None = None, sink: IO[str] | None = None, keep: int = 25) -> None:
+    def __init__(self, name: str, log_file: Path | None = None, sink: IO[str] | None = None, keep: int = 25,
+                 tap: Callable[[str, list[str]], None] | None = None) -> None:
         self.name = name
         self.log_file = log_file
         self.sink = sink
+        self.tap = tap
         self.tail: collections.deque[str] = collections.deque(maxlen=keep)
 
     def last_lines(self, count: int = 15) -> str:
@@ -61,10 +65,14 @@ class OutputRelay:
             return
         sink = self.sink or sys.stderr
         out = []
+        texts = []
         for raw in lines:
             text = raw.decode("utf-8", "replace").rstrip("\r")
             self.tail.append(text)
+            texts.append(text)
             out.append(f"[{self.name}] {text}\n")
+        if self.tap is not None:
+            self.tap(self.name, texts)
         sink.write("".join(out))
         sink.flush()
 

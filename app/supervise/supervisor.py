@@ -15,6 +15,10 @@ caches or fail to start (vLLM issues 14376 and 55827). A restart waits for that 
 
 Stopping cancels the tasks; each task's `finally` ends its process group (SIGTERM, then SIGKILL
 after `stop_timeout`), so no path out of a task leaves a process behind.
+
+An operator's restart (`Unit.request_restart`, behind `POST /admin/backends/{name}/restart`) only
+asks the owning task: it ends the process as an unhealthy one is ended and starts it again at
+once (no backoff, no failure counted); a backend that was given up gets a new task.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import logging
 import shlex
 import signal
 import time
-from typing import IO
+from collections.abc import Callable
+from typing import IO, Any
 
 import httpx
 
@@ -47,6 +52,10 @@ log = logging.getLogger("vllm_gateway.supervisor")
 EXIT_OUTPUT_GRACE = 0.2  # seconds for a dead process's last output to pass through the relay
 
 
+class RestartRefused(Exception):
+    """An operator's restart that cannot be done now; the message says why and what to do."""
+
+
 class StartFailed(Exception):
     """One attempt to bring the process up failed; `permanent` means retrying cannot help."""
 
@@ -58,7 +67,7 @@ class StartFailed(Exception):
 class Supervisor:
     def __init__(self, registry: Registry, discovery: ModelDiscovery, metrics: GatewayMetrics, *,
                  plan: Plan | None = None, telemetry: GpuTelemetry | None = None, probe_interval: float = 0.5,
-                 sink: IO[str] | None = None) -> None:
+                 sink: IO[str] | None = None, output_tap: Callable[[str, list[str]], None] | None = None) -> None:
         self.registry = registry
         self.discovery = discovery
         self.metrics = metrics
@@ -67,6 +76,8 @@ class Supervisor:
         self.pgids: dict[str, int] = {}  # each running backend's process group, for the GPU telemetry
         self.probe_interval = probe_interval
         self.sink = sink
+        self.output_tap = output_tap  # also given each line the processes print (the operator page's logs)
+        self.stopping = False
         # A launched backend's lifecycle starts as `starting`: not routable, not probed.
         self.units = [Unit(self, b) for b in registry.launched]
         self.loading = asyncio.Lock()
@@ -75,10 +86,18 @@ class Supervisor:
     def start(self) -> None:
         """One task per backend, created in file order; the loading lock keeps that order."""
         for unit in self.units:
-            self.tasks.append(asyncio.create_task(unit.run(), name=f"supervise-{unit.backend.name}"))
+            self.tasks.append(self._task(unit, first=True))
+
+    def _task(self, unit: Unit, first: bool) -> asyncio.Task[None]:
+        unit.task = asyncio.create_task(unit.run(first), name=f"supervise-{unit.backend.name}")
+        return unit.task
+
+    def unit(self, name: str) -> Unit | None:
+        return next((u for u in self.units if u.name == name), None)
 
     async def stop(self) -> None:
         """End every process group (all at once) and wait until they are gone."""
+        self.stopping = True
         for task in self.tasks:
             task.cancel()
         results = await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -108,20 +127,50 @@ class Unit:
         self.pgid: int | None = None
         self.output: OutputRelay | None = None  # the current process's, for error messages
         self.failures = 0  # consecutive; decides the next backoff
+        self.task: asyncio.Task[None] | None = None
+        self.asked: asyncio.Future[str] | None = None  # set while an operator's restart can be taken: its reason
+
+    def request_restart(self, reason: str) -> str:
+        """An operator's restart: end the process and start it again now; what will happen, in words.
+
+        Taken while the process serves or while it waits for its backoff; a backend that was given
+        up starts again in a new task. Refused while it loads (a restart would start the same load
+        again) and while the gateway stops."""
+        supervisor = self.supervisor
+        if supervisor.stopping:
+            raise RestartRefused("the gateway is shutting down")
+        if self.task is None or self.task.done():
+            if not self.lifecycle.given_up:
+                raise RestartRefused(f"backend {self.name!r} is not supervised yet (the gateway is starting); retry shortly")
+            self.lifecycle.resumed()
+            self.lifecycle.restarted()
+            supervisor.metrics.backend_restarts.labels(self.name).inc()
+            self.failures = 0
+            log.warning("backend %r: started again on request (%s) after giving up", self.name, reason)
+            supervisor.tasks[supervisor.units.index(self)] = supervisor._task(self, first=False)
+            return "starting again (it had been given up)"
+        asked = self.asked
+        if asked is None:
+            raise RestartRefused(f"backend {self.name!r} is {self.lifecycle.state} (loading its model): a restart would "
+                                 f"only start the same load again; wait until it is ready or has failed")
+        if asked.done():
+            return "already restarting"
+        asked.set_result(reason)
+        return "restarting"
 
     @property
     def name(self) -> str:
         return self.backend.name
 
     # -- the owning task ---------------------------------------------------------------------
-    async def run(self) -> None:
+    async def run(self, first: bool = True) -> None:
         backend, lifecycle = self.backend, self.lifecycle
-        first = True
+        loop = asyncio.get_running_loop()
         proc = relay = exited = None
         try:
             while True:
                 proc = relay = exited = None
-                ready_at = healthy_until = None
+                ready_at = healthy_until = asked = None
                 try:
                     async with self.supervisor.loading:
                         lifecycle.starting(first)
@@ -130,10 +179,15 @@ class Unit:
                         await self._warm_up()
                     ready_at = time.monotonic()
                     self._mark_ready(proc)
+                    self.asked = asked = loop.create_future()
                     await self.supervisor.discovery.refresh(backend)
-                    failing = await self._watch(exited)
+                    failing = await self._watch(exited, asked)
                     healthy_until = backend.health_failing_since  # None: healthy until now
-                    if failing is None:
+                    self.asked = None
+                    if asked.done():
+                        lifecycle.restarting(f"restarted on request: {asked.result()}")
+                        log.warning("backend %r (pid %d): restarting on request (%s)", self.name, proc.pid, asked.result())
+                    elif failing is None:
                         code = exited.result()
                         lifecycle.ended(code)
                         lifecycle.restarting(f"exited unexpectedly with {describe_exit(code)}")
@@ -148,17 +202,20 @@ class Unit:
                     if failure.permanent:
                         return
                 await self._end(proc, relay, exited)
-                if ready_at is None:
-                    healthy_for = None
-                else:
-                    healthy_for = (time.monotonic() if healthy_until is None else healthy_until) - ready_at
-                self.failures = count_failure(self.failures, healthy_for, self.launch.restart_backoff_max)
-                if gives_up(self.failures, self.launch.max_restarts):
-                    self._give_up()
-                    return
-                delay = backoff(self.failures, self.launch.restart_backoff_initial, self.launch.restart_backoff_max)
-                log.warning("backend %r: restarting in %.1f s", self.name, delay)
-                await asyncio.sleep(delay)
+                if asked is None or not asked.done():  # an operator's restart is no failure and waits for nothing
+                    if ready_at is None:
+                        healthy_for = None
+                    else:
+                        healthy_for = (time.monotonic() if healthy_until is None else healthy_until) - ready_at
+                    self.failures = count_failure(self.failures, healthy_for, self.launch.restart_backoff_max)
+                    if gives_up(self.failures, self.launch.max_restarts):
+                        self._give_up()
+                        return
+                    delay = backoff(self.failures, self.launch.restart_backoff_initial, self.launch.restart_backoff_max)
+                    log.warning("backend %r: restarting in %.1f s", self.name, delay)
+                    self.asked = loop.create_future()  # an operator's restart ends the wait
+                    await asyncio.wait([self.asked], timeout=delay)
+                    self.asked = None
                 first = False
                 lifecycle.restarted()
                 self.supervisor.metrics.backend_restarts.labels(self.name).inc()
@@ -193,7 +250,7 @@ class Unit:
             raise StartFailed(f"cannot run {argv[0]!r}: permission denied (check launch.command)", permanent=True) from None
         self.pgid = self.supervisor.pgids[self.name] = proc.pid
         self.lifecycle.spawned(proc.pid)
-        relay = OutputRelay(self.name, launch.log_file_path(config), self.supervisor.sink)
+        relay = OutputRelay(self.name, launch.log_file_path(config), self.supervisor.sink, tap=self.supervisor.output_tap)
         self.output = relay
         assert proc.stdout is not None  # spawned with stdout=PIPE
         relay_task = asyncio.create_task(relay.run(proc.stdout), name=f"output-{self.name}")
@@ -282,16 +339,19 @@ class Unit:
                 break
         log.warning("backend %r: warm-up got %d from %s; serving anyway", self.name, response.status_code, path)
 
-    async def _watch(self, exited: asyncio.Future[int]) -> float | None:
-        """Wait while the ready process runs. None once it exited; else the seconds its health
-        checks have failed without a break, once that reached `launch.unhealthy_restart_after`.
+    async def _watch(self, exited: asyncio.Future[int], asked: asyncio.Future[str]) -> float | None:
+        """Wait while the ready process runs. None once it exited or an operator asked for a
+        restart; else the seconds its health checks have failed without a break, once that reached
+        `launch.unhealthy_restart_after`.
 
         The registry's health monitor does the probing (`Backend.health_failing_since`); this
         only reads what it found, so there is one probe and one interval to configure.
         """
         limit = self.launch.unhealthy_restart_after
+        either: list[asyncio.Future[Any]] = [exited, asked]
         while True:
-            done, _ = await asyncio.wait([exited], timeout=self.supervisor.probe_interval if limit else None)
+            done, _ = await asyncio.wait(either, timeout=self.supervisor.probe_interval if limit else None,
+                                         return_when=asyncio.FIRST_COMPLETED)
             if done:
                 return None
             failing = unhealthy_too_long(self.backend.health_failing_since, time.monotonic(), limit)
@@ -375,4 +435,4 @@ async def _port_taken(host: str, port: int) -> bool:
     return True
 
 
-__all__ = ["StartFailed", "Supervisor", "Unit"]
+__all__ = ["RestartRefused", "StartFailed", "Supervisor", "Unit"]

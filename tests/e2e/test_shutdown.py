@@ -108,3 +108,25 @@ def test_sigterm_drains_then_closes_cleanly(tmp_path, grace, max_tokens, complet
             assert '"code":"shutting_down"' in events[-2]
             assert stopped_after < 10
         assert wait_for(lambda: sim.app.state.running == 0, timeout=5), "no generation left running upstream"
+
+
+def test_an_open_operator_page_does_not_hold_the_shutdown(tmp_path):
+    """The page's event stream never ends by itself: SIGTERM ends it at once, so the gateway exits
+    without waiting out its grace period (30 s here)."""
+    with running(simulator(["sim-chat"], CHAT)) as sim:
+        process, url = _serve(tmp_path, sim.url, grace=30)
+        try:
+            with httpx.stream("GET", f"{url}/ui/events", timeout=10) as events:
+                lines = events.iter_lines()
+                assert next(lines) == "retry: 2000" and next(lines) == "event: hello"
+                started = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                rest = list(lines)  # the stream ends (a tick or two may come first)
+            assert process.wait(20) in (0, -signal.SIGTERM)
+            took = time.monotonic() - started
+            assert took < 15, took
+            assert all(not line or line.startswith(("event:", "data:")) for line in rest)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(5)

@@ -89,17 +89,33 @@ def test_no_import_cycle_between_packages() -> None:
     assert _cycle({p: deps - {p} for p, deps in packages.items()}) is None
 
 
-def test_the_wheel_holds_vllm_gateway_and_no_top_level_app(tmp_path) -> None:
-    """What `pip install .` puts into site-packages: every module under `vllm_gateway/`, nothing else."""
+def test_the_operator_page_and_its_assets_stay_under_150_kb() -> None:
+    static = ROOT / "app" / "ui" / "static"
+    page = sum(path.stat().st_size for path in static.iterdir() if path.name != "login.html")
+    print(f"\noperator page with its assets: {page:,} bytes")
+    assert page < 150_000
+
+
+def test_the_wheel_holds_vllm_gateway_with_the_pages_assets_and_no_top_level_app(tmp_path: Path) -> None:
+    """What `pip install .` puts into site-packages: every module under `vllm_gateway/`, the
+    operator page's files, nothing else."""
+    import shutil
     import subprocess
     import sys
     import zipfile
 
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(ROOT)],
+    source = tmp_path / "src"  # built from a copy: setuptools writes build/ beside the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "app", source / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
                            capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = tmp_path.glob("vllm_gateway-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    names = set(zipfile.ZipFile(wheel).namelist())
     assert {name.split("/")[0] for name in names if ".dist-info/" not in name} == {"vllm_gateway"}
     modules = {str(p.relative_to(ROOT / "app")) for p in (ROOT / "app").rglob("*.py")}
     assert {name.removeprefix("vllm_gateway/") for name in names if name.endswith(".py")} == modules
+    for asset in ("index.html", "login.html", "ui.css", "ui.js", "favicon.svg"):
+        assert f"vllm_gateway/ui/static/{asset}" in names
