@@ -1,0 +1,104 @@
+"""Which backends may hold GPU memory at the same time: the budget arithmetic, per device.
+
+The always-resident backends hold their shares for good; an on-demand backend holds its share
+while it is awake, waking or going to sleep. The rule, on every device: the residents plus the
+on-demand backends holding memory stay within `gpu.memory_budget`. The static form of the rule
+(what `serve` and `check-config` refuse): the residents alone fit, and every on-demand backend
+fits beside them, else it could never be woken. Pure arithmetic; the manager and the checks share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+EPSILON = 1e-9  # shares are decimal fractions: 0.1 + 0.8 must fit a budget of 0.9
+
+
+@dataclass(frozen=True)
+class Budget:
+    """`shares[name]` is a fraction of each device's total; None where it is not known (`auto`
+    without a plan): such a backend is counted as taking all the residents leave, so it is awake alone."""
+
+    limit: float
+    devices: Mapping[str, tuple[str, ...]]
+    shares: Mapping[str, float | None]
+    resident: frozenset[str] = field(default_factory=frozenset)
+
+    def resident_use(self, device: str) -> float:
+        return sum(self.shares.get(name) or 0.0 for name in self.resident if device in self.devices.get(name, ()))
+
+    def share_on(self, name: str, device: str) -> float:
+        if device not in self.devices.get(name, ()):
+            return 0.0
+        share = self.shares.get(name)
+        return max(0.0, self.limit - self.resident_use(device)) if share is None else share
+
+    def use(self, holding: Iterable[str]) -> dict[str, float]:
+        """Per device: the residents plus `holding` (on-demand backends with memory)."""
+        names = set(holding) - self.resident
+        used: dict[str, float] = {}
+        for name in [*self.resident, *names]:
+            for device in self.devices.get(name, ()):
+                used[device] = used.get(device, 0.0) + self.share_on(name, device)
+        return used
+
+    def over(self, holding: Iterable[str], joining: str) -> dict[str, float]:
+        """How far over the limit each device would be if `joining` took its share too (only the
+        devices that would be over)."""
+        used = self.use(holding)
+        out = {}
+        for device in self.devices.get(joining, ()):
+            total = used.get(device, 0.0) + self.share_on(joining, device)
+            if total > self.limit + EPSILON:
+                out[device] = total - self.limit
+        return out
+
+    def fits(self, holding: Iterable[str]) -> bool:
+        return all(total <= self.limit + EPSILON for total in self.use(holding).values())
+
+
+def problems(budget: Budget, on_demand: Iterable[str]) -> list[str]:
+    """Why this set of backends cannot work: residents over the budget on a device, or an
+    on-demand backend that does not fit beside them. One sentence each, saying what to change."""
+    lines = []
+    all_devices = sorted({d for name in budget.devices for d in budget.devices[name]})
+    several = len(all_devices) > 1
+    for device in all_devices:
+        used = budget.resident_use(device)
+        if used > budget.limit + EPSILON:
+            names = _listing(budget, budget.resident, device)
+            lines.append(f"the always-resident backends' gpu_memory_utilization add up to {used:.2f}"
+                         f"{f' on GPU {device}' if several else ''} ({names}), above the budget of {budget.limit:g}; "
+                         f"lower a share, raise gpu.memory_budget, or give a backend `residency: on_demand`")
+    for name in on_demand:
+        share = budget.shares.get(name)
+        if share is None:
+            continue
+        for device in budget.devices.get(name, ()):
+            used = budget.resident_use(device)
+            if used <= budget.limit + EPSILON and used + share > budget.limit + EPSILON:
+                beside = f"beside the always-resident backends ({_listing(budget, budget.resident, device)})" \
+                    if used else "even alone"
+                lines.append(f"backend {name} (residency: on_demand, gpu_memory_utilization {share:g}) could never be "
+                             f"woken{f' on GPU {device}' if several else ''}: {beside} it needs {used + share:.2f}, above "
+                             f"the budget of {budget.limit:g}; lower its share or the residents', or raise gpu.memory_budget")
+    return lines
+
+
+def awake_together(budget: Budget, on_demand: list[str]) -> int:
+    """The most on-demand backends that can be awake at once (smallest shares first): a figure
+    for check-config, not a schedule."""
+    chosen: list[str] = []
+    for name in sorted(on_demand, key=lambda n: budget.shares.get(n) or budget.limit):
+        if budget.fits([*chosen, name]):
+            chosen.append(name)
+    return len(chosen)
+
+
+def _listing(budget: Budget, names: Iterable[str], device: str) -> str:
+    return ", ".join(f"{name}={budget.share_on(name, device):g}" for name in sorted(names)
+                     if device in budget.devices.get(name, ()))
+
+
+__all__ = ["EPSILON", "Budget", "awake_together", "problems"]
