@@ -9,9 +9,15 @@ than `launch.max_restarts` failures in a row (when set) the task gives up and le
 `failed`. Its state is the backend's `Lifecycle` (`routing.state`), which this module alone writes
 (`/status` shows it; the forwarder answers 503 + Retry-After while it is not routable).
 
-Only one backend loads at a time (`Supervisor.loading`, a first-come first-served lock taken in
-file order): vLLM instances that profile GPU memory at the same time on one GPU mis-size their KV
-caches or fail to start (vLLM issues 14376 and 55827). A restart waits for that lock too.
+Only one backend loads at a time (`Supervisor.loading`, a first-come first-served turn taken in
+file order, `supervise.turn`): vLLM instances that profile GPU memory at the same time on one GPU
+mis-size their KV caches or fail to start (vLLM issues 14376 and 55827). A restart waits for that
+turn too, and so do the residency manager's sleeps and wakes.
+
+An on-demand backend (`launch.residency: on_demand`) is started only once the residency manager
+admitted it (`supervise.residence`); the manager may park its unit (end the process on purpose:
+no failure, no backoff) and unpark it (start it again). `swap: restart` units start parked. A
+process that ends while its backend is not awake is parked too instead of restarted.
 
 Stopping cancels the tasks; each task's `finally` ends its process group (SIGTERM, then SIGKILL
 after `stop_timeout`), so no path out of a task leaves a process behind.
@@ -25,9 +31,7 @@ import logging
 import shlex
 import signal
 import time
-from typing import IO
-
-import httpx
+from typing import IO, Any
 
 from ..metrics import GatewayMetrics
 from ..routing.backend import Backend
@@ -38,6 +42,9 @@ from ..routing.state import Lifecycle
 from . import process as launch
 from .output import OutputRelay
 from .policy import backoff, count_failure, describe_exit, gives_up, unhealthy_too_long
+from .residence import Parking, Residence
+from .turn import LoadingTurn
+from .warmup import warm_up
 
 log = logging.getLogger("vllm_gateway.supervisor")
 EXIT_OUTPUT_GRACE = 0.2  # seconds for a dead process's last output to pass through the relay
@@ -51,9 +58,14 @@ class StartFailed(Exception):
         self.permanent = permanent
 
 
+class _Parked(Exception):
+    """The residency manager asked for the process to be down; not a failure."""
+
+
 class Supervisor:
     def __init__(self, registry: Registry, discovery: ModelDiscovery, metrics: GatewayMetrics, *,
-                 probe_interval: float = 0.5, sink: IO[str] | None = None) -> None:
+                 probe_interval: float = 0.5, sink: IO[str] | None = None, loading: LoadingTurn | None = None,
+                 residence: Residence | None = None) -> None:
         self.registry = registry
         self.discovery = discovery
         self.metrics = metrics
@@ -61,7 +73,8 @@ class Supervisor:
         self.sink = sink
         # A launched backend's lifecycle starts as `starting`: not routable, not probed.
         self.units = [Unit(self, b) for b in registry.launched]
-        self.loading = asyncio.Lock()
+        self.loading = loading if loading is not None else LoadingTurn()  # shared with the residency manager
+        self.residence = residence
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -100,22 +113,46 @@ class Unit:
         self.pgid: int | None = None
         self.output: OutputRelay | None = None  # the current process's, for error messages
         self.failures = 0  # consecutive; decides the next backoff
+        self.parking = Parking(parked=self.launch.on_demand and self.launch.swap == "restart")
 
     @property
     def name(self) -> str:
         return self.backend.name
 
+    # -- what the residency manager asks -----------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """A process (group) exists: starting, serving, or being ended."""
+        return self.pgid is not None
+
+    async def park(self) -> None:
+        """End the process on purpose and keep it down; returns once its group is gone."""
+        self.parking.request()
+        await self.parking.until_parked()
+
+    def unpark(self) -> asyncio.Future[str | None]:
+        """Start it again; the future gets None once it is ready, else why the start failed."""
+        return self.parking.release()
+
     # -- the owning task ---------------------------------------------------------------------
     async def run(self) -> None:
         backend, lifecycle = self.backend, self.lifecycle
+        residence = self.supervisor.residence if backend.residency is not None else None
         first = True
         proc = relay = exited = None
         try:
             while True:
                 proc = relay = exited = None
                 ready_at = healthy_until = None
+                if self.parking.wanted:
+                    await self._stay_parked()
+                    first = True
                 try:
+                    if residence is not None:
+                        await residence.admit(backend)  # room is made within the budget first
                     async with self.supervisor.loading:
+                        if self.parking.wanted:
+                            raise _Parked()
                         lifecycle.starting(first)
                         proc, relay, exited = await self._launch()
                         await self._await_ready(proc, exited)
@@ -123,8 +160,13 @@ class Unit:
                     ready_at = time.monotonic()
                     self._mark_ready(proc)
                     await self.supervisor.discovery.refresh(backend)
+                    self.parking.start_result(None)
+                    if residence is not None:
+                        residence.loaded(backend)
                     failing = await self._watch(exited)
                     healthy_until = backend.health_failing_since  # None: healthy until now
+                    if failing is None and not exited.done():
+                        raise _Parked()
                     if failing is None:
                         code = exited.result()
                         lifecycle.ended(code)
@@ -134,12 +176,21 @@ class Unit:
                     else:
                         self._restart_unhealthy(proc, failing)
                     await self._end(proc, relay, exited)  # what is left of its group goes too
+                except _Parked:
+                    await self._end(proc, relay, exited)
+                    continue
                 except StartFailed as failure:
                     lifecycle.failed(str(failure), give_up=failure.permanent)
                     log.error("backend %r failed to start: %s", self.name, failure)
+                    self.parking.start_result(str(failure))
                     if failure.permanent:
                         return
                 await self._end(proc, relay, exited)
+                if residence is not None and not residence.keep_running(backend):
+                    log.warning("backend %r: its process ended while the backend was %s; parked, and started again "
+                                "when a request needs it. Last: %s", self.name, backend.state, lifecycle.error)
+                    self.parking.request()
+                    continue
                 if ready_at is None:
                     healthy_for = None
                 else:
@@ -150,7 +201,8 @@ class Unit:
                     return
                 delay = backoff(self.failures, self.launch.restart_backoff_initial, self.launch.restart_backoff_max)
                 log.warning("backend %r: restarting in %.1f s", self.name, delay)
-                await asyncio.sleep(delay)
+                if await self._parked_within(delay):
+                    continue
                 first = False
                 lifecycle.restarted()
                 self.supervisor.metrics.backend_restarts.labels(self.name).inc()
@@ -158,6 +210,25 @@ class Unit:
             # Stopped (cancelled), given up, or a bug: the process group must not outlive this task.
             await self._end(proc, relay, exited)
             lifecycle.stopped()
+            self.parking.start_result(lifecycle.error or "stopped")
+            self.parking.reached()  # nobody waits for a park that can no longer come
+
+    async def _stay_parked(self) -> None:
+        self.lifecycle.parked()
+        self.parking.reached()
+        log.info("backend %r is parked (no process) until it is needed", self.name)
+        await self.parking.until_released()
+
+    async def _parked_within(self, delay: float) -> bool:
+        """The backoff wait, cut short by a park request (True then)."""
+        if self.parking.wanted:
+            return True
+        asked = asyncio.ensure_future(self.parking.until_requested())
+        try:
+            await asyncio.wait([asked], timeout=delay)
+        finally:
+            asked.cancel()
+        return self.parking.wanted
 
     # -- steps -------------------------------------------------------------------------------
     async def _launch(self) -> tuple[asyncio.subprocess.Process, asyncio.Task[None], asyncio.Future[int]]:
@@ -199,8 +270,11 @@ class Unit:
         while True:
             if exited.done():
                 self.lifecycle.ended(exited.result())
-                raise StartFailed(await self._exit_report(
-                    f"exited with {describe_exit(exited.result())} while loading (pid {proc.pid})"))
+                report = await self._exit_report(f"exited with {describe_exit(exited.result())} while loading (pid {proc.pid})")
+                hint = launch.start_hint(self.backend.config, report)
+                raise StartFailed(f"{hint}. {report}" if hint else report, permanent=hint is not None)
+            if self.parking.wanted:
+                raise _Parked()
             if await self._healthy() and not exited.done():
                 return
             remaining = deadline - loop.time()
@@ -213,52 +287,29 @@ class Unit:
         return await health_error(self.backend.upstreams[0], 5.0) is None
 
     async def _warm_up(self) -> None:
-        """One tiny request of the kind the model serves, so the first user request is not slow.
-
-        A generative model gets a 1-token chat completion (a plain completion when it has no chat
-        template); a route the model does not serve answers 404 at once, so a 404 means "try an
-        embedding". A failed warm-up is logged and does not keep the backend from serving.
-        """
-        if not self.launch.warmup:
-            return
-        client = self.backend.upstreams[0].client
-        model = self.backend.config.served_model_name
-        attempts = [
-            ("/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}),
-            ("/v1/completions", {"model": model, "prompt": "Hi", "max_tokens": 1}),
-            ("/v1/embeddings", {"model": model, "input": "Hi"}),
-        ]
-        timeout = self.backend.timeouts.response_head
-        for index, (path, body) in enumerate(attempts):
-            try:
-                response = await client.post(path, json=body, timeout=timeout)
-            except httpx.HTTPError as exc:
-                log.warning("backend %r: warm-up request to %s failed: %s", self.name, path, type(exc).__name__)
-                return
-            if response.status_code == 200:
-                log.info("backend %r: warmed up with %s", self.name, path)
-                return
-            if index == 0 and response.status_code not in (400, 404):
-                break
-            if index == 1 and response.status_code != 404:
-                break
-        log.warning("backend %r: warm-up got %d from %s; serving anyway", self.name, response.status_code, path)
+        if self.launch.warmup:
+            await warm_up(self.backend)
 
     async def _watch(self, exited: asyncio.Future[int]) -> float | None:
-        """Wait while the ready process runs. None once it exited; else the seconds its health
+        """Wait while the ready process runs. None once it exited (or a park was asked); else the seconds its health
         checks have failed without a break, once that reached `launch.unhealthy_restart_after`.
 
         The registry's health monitor does the probing (`Backend.health_failing_since`); this
         only reads what it found, so there is one probe and one interval to configure.
         """
         limit = self.launch.unhealthy_restart_after
-        while True:
-            done, _ = await asyncio.wait([exited], timeout=self.supervisor.probe_interval if limit else None)
-            if done:
-                return None
-            failing = unhealthy_too_long(self.backend.health_failing_since, time.monotonic(), limit)
-            if failing is not None:
-                return failing
+        asked = asyncio.ensure_future(self.parking.until_requested())
+        watched: list[asyncio.Future[Any]] = [exited, asked]
+        try:
+            while True:
+                done, _ = await asyncio.wait(watched, timeout=self.supervisor.probe_interval if limit else None)
+                if done:
+                    return None  # exited, or parked: the caller tells them apart
+                failing = unhealthy_too_long(self.backend.health_failing_since, time.monotonic(), limit)
+                if failing is not None:
+                    return failing
+        finally:
+            asked.cancel()
 
     def _restart_unhealthy(self, proc: asyncio.subprocess.Process, failing: float) -> None:
         last = self.backend.last_health_error or "health check failed"
