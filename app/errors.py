@@ -52,6 +52,10 @@ class Unauthorized(GatewayError):
     status, type, code = 401, "authentication_error", "invalid_api_key"
 
 
+class Forbidden(GatewayError):
+    status, type, code = 403, "permission_error", "forbidden"
+
+
 class ModelNotFound(GatewayError):
     status, type, code = 404, "invalid_request_error", "model_not_found"
 

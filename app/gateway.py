@@ -18,6 +18,7 @@ import httpx
 from fastapi import FastAPI
 
 from . import __version__
+from .api.admin import add_admin_routes
 from .api.app import GatewayApp, add_error_handlers
 from .api.auth import ApiKeyMiddleware
 from .api.model_routes import add_model_routes
@@ -28,11 +29,13 @@ from .forwarding.forwarder import Forwarder
 from .forwarding.realtime import RealtimeEndpoint
 from .metrics import GatewayMetrics
 from .metrics.page import MetricsPage
+from .residency.manager import build_residency
 from .routing.discovery import ModelDiscovery
 from .routing.health import HealthMonitor
 from .routing.registry import Registry
 from .settings import Settings, load_settings
 from .supervise.supervisor import Supervisor
+from .supervise.turn import LoadingTurn
 
 log = logging.getLogger("vllm_gateway")
 
@@ -46,7 +49,12 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     forwarder = Forwarder(registry, ctx)
     discovery = ModelDiscovery(registry)
     health = HealthMonitor(registry, discovery, settings)
-    supervisor = Supervisor(registry, discovery, metrics) if registry.launched else None
+    turn = LoadingTurn()  # one load, sleep or wake at a time: the supervisor's and the residency manager's
+    residency = ctx.residency = build_residency(settings, registry, metrics, turn)
+    supervisor = Supervisor(registry, discovery, metrics, loading=turn, residence=residency) if registry.launched else None
+    if residency is not None and supervisor is not None:
+        residency.attach(supervisor.units)
+        metrics.declare_on_demand(sorted(residency.slots))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,6 +65,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             # Launched backends start in the background: /health answers while they load.
             if supervisor is not None:
                 supervisor.start()
+            if residency is not None:
+                residency.start()
             await health.check_all()  # a backend found ready has its models listed right then
             monitor = asyncio.create_task(health.run(), name="backend-monitor")
             yield
@@ -66,6 +76,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                 monitor.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await monitor
+            if residency is not None:
+                await residency.stop()
             if supervisor is not None:  # also when start-up failed: no process may outlive us
                 await supervisor.stop()
             await registry.aclose()
@@ -88,6 +100,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     state.health = health
     state.discovery = discovery
     state.supervisor = supervisor
+    state.residency = residency
     state.metrics_page = MetricsPage(registry, metrics, settings.metrics_scrape_timeout)
     state.shutting_down = False
 
@@ -99,6 +112,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     state.begin_shutdown = begin_shutdown
     model_endpoints = add_model_routes(app, forwarder, RealtimeEndpoint(registry, ctx))
     add_routes(app)
+    add_admin_routes(app)
     add_error_handlers(app)
     _protect(app, settings, model_endpoints)
     return app

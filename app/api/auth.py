@@ -3,7 +3,8 @@ WebSocket (`/v1/realtime`) alike.
 
 Keys are compared in constant time against every configured key (no early exit that would tell
 an attacker how many keys or characters matched). `/health` and `/ready` stay open; `/metrics`
-is open unless `metrics_api_key` is set.
+is open unless `metrics_api_key` is set. `/admin/*` is checked by its own routes (`api.admin`)
+against the admin key, which client keys never open.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from ..errors import Unauthorized, send_error
 
 _OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/openapi.json"})
+ADMIN_PREFIX = "/admin/"
 
 
 def _digest(key: str) -> bytes:
@@ -35,7 +37,7 @@ class ApiKeyMiddleware:
         path = scope["path"]
         if path == "/metrics":
             allowed = [self._metrics_key] if self._metrics_key else None
-        elif path in _OPEN_PATHS or not self._keys:
+        elif path in _OPEN_PATHS or not self._keys or path.startswith(ADMIN_PREFIX):
             allowed = None
         else:
             allowed = self._keys
@@ -64,6 +66,11 @@ async def _refuse_websocket(scope: dict, send: Any, error: Unauthorized) -> None
         await send({"type": "websocket.http.response.body", "body": payload})
         return
     await send({"type": "websocket.close", "code": 1008})
+
+
+def authorized(headers: list[tuple[bytes, bytes]], keys: list[str]) -> bool:
+    """The request's Bearer token is one of `keys` (compared in constant time)."""
+    return _matches(_bearer(headers), [_digest(key) for key in keys])
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:

@@ -1,21 +1,26 @@
 """What a forwarded request needs from the gateway, handed down to it as one small object.
 
 The forwarder, each exchange and each realtime session read it; none of them reaches back up
-to the object that created it. `draining` is written by the gateway's shutdown alone.
+to the object that created it. `draining` is written by the gateway's shutdown alone; `residency`
+is the residency manager when some backend is on demand (requests for it wait for its wake).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from ..metrics import GatewayMetrics
 from ..settings import Settings
 from .affinity import ResponseAffinity
 from .deadline import Deadlines
 
+if TYPE_CHECKING:
+    from ..residency.manager import ResidencyManager
+
 
 class ForwardingContext:
-    __slots__ = ("settings", "retries", "metrics", "affinity", "draining", "_deadlines")
+    __slots__ = ("settings", "retries", "metrics", "affinity", "draining", "residency", "_deadlines")
 
     def __init__(self, settings: Settings, metrics: GatewayMetrics) -> None:
         self.settings = settings
@@ -23,6 +28,7 @@ class ForwardingContext:
         self.metrics = metrics
         self.affinity = ResponseAffinity()  # which address holds each stored response
         self.draining = False  # set when the gateway begins to shut down
+        self.residency: ResidencyManager | None = None
         self._deadlines: Deadlines | None = None
 
     def deadlines(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
