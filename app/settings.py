@@ -485,10 +485,11 @@ class Settings(BaseSettings):
             if sleepers:  # residents plus the largest on-demand share: what is awake at worst, as instances go
                 largest = max(sleepers, key=lambda name: sleepers[name])
                 by_device[device] = {n: s for n, s in shares.items() if n not in on_demand or n == largest}
-                if any(b.launch.swap == "sleep" for b in self.backends if b.launch and b.name in sleepers):
+                asleep_alive = [b.name for b in self.backends if b.launch and b.name in sleepers and b.launch.swap == "sleep"]
+                if asleep_alive:
                     notes.append(f"gpu: a sleeping vLLM still holds its CUDA context (a few hundred MB to a few GB) "
                                  f"outside the budget{f' on GPU {device}' if len(by_device) > 1 else ''}: leave room "
-                                 f"for {len(sleepers)} of them below gpu.memory_budget")
+                                 f"for {len(asleep_alive)} of them ({', '.join(asleep_alive)}) below gpu.memory_budget")
         for device, shares in by_device.items():
             total = sum(shares.values())
             margin = 0.8 if len(shares) == 2 else 0.75

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..planner.plan import Plan
 
 EPSILON = 1e-9  # shares are decimal fractions: 0.1 + 0.8 must fit a budget of 0.9
 
@@ -80,9 +84,10 @@ def problems(budget: Budget, on_demand: Iterable[str]) -> list[str]:
             if used <= budget.limit + EPSILON and used + share > budget.limit + EPSILON:
                 beside = f"beside the always-resident backends ({_listing(budget, budget.resident, device)})" \
                     if used else "even alone"
+                where = f" on GPU {device}" if several else ""
                 lines.append(f"backend {name} (residency: on_demand, gpu_memory_utilization {share:g}) could never be "
-                             f"woken{f' on GPU {device}' if several else ''}: {beside} it needs {used + share:.2f}, above "
-                             f"the budget of {budget.limit:g}; lower its share or the residents', or raise gpu.memory_budget")
+                             f"woken{where}: {beside} it needs {round(used + share, 3):g}, above the budget of "
+                             f"{budget.limit:g}; lower its share or the residents', or raise gpu.memory_budget")
     return lines
 
 
@@ -96,9 +101,27 @@ def awake_together(budget: Budget, on_demand: list[str]) -> int:
     return len(chosen)
 
 
+def plan_figures(plan: Plan) -> tuple[dict[str, float], dict[str, int]]:
+    """From the memory plan: the shares it computed for `auto` backends, and each backend's weight
+    bytes in all (per GPU times tensor parallel: what a level-1 sleep puts in host RAM)."""
+    shares = {b.name: b.share for b in plan.backends if b.share is not None and b.share_source.startswith("auto")}
+    weights = {b.name: b.weights_bytes * b.tensor_parallel for b in plan.backends if b.weights_bytes}
+    return shares, weights
+
+
+def summary(budget: Budget, on_demand: list[str]) -> str:
+    """One line for check-config: what is always held, what may be awake together."""
+    devices = sorted({d for name in budget.devices for d in budget.devices[name]}) or ["0"]
+    resident = ", ".join(f"{budget.resident_use(d):.2f}" + (f" on GPU {d}" if len(devices) > 1 else "") for d in devices)
+    sleepers = ", ".join(f"{name} {budget.shares[name]:g}" if budget.shares.get(name) is not None else f"{name} (share unknown)"
+                         for name in on_demand)
+    return (f"GPU memory: always resident {resident} of budget {budget.limit:g}; on demand {sleepers}; at most "
+            f"{awake_together(budget, on_demand)} of them awake at once")
+
+
 def _listing(budget: Budget, names: Iterable[str], device: str) -> str:
     return ", ".join(f"{name}={budget.share_on(name, device):g}" for name in sorted(names)
                      if device in budget.devices.get(name, ()))
 
 
-__all__ = ["EPSILON", "Budget", "awake_together", "problems"]
+__all__ = ["EPSILON", "Budget", "awake_together", "plan_figures", "problems", "summary"]

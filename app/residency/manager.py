@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ..errors import GatewayError, ServiceUnavailable
 from ..metrics import GatewayMetrics
@@ -45,9 +45,6 @@ from . import policy
 from .budget import Budget
 from .client import SleepClient, SwapFailed
 from .memory import MemoryProbe, host_available, level_one_fits
-
-if TYPE_CHECKING:
-    from ..planner.plan import Plan
 
 log = logging.getLogger("vllm_gateway.residency")
 EVICTED_GRACE = 5.0  # seconds ended streams get to finish their last event before the sleep goes on
@@ -540,14 +537,6 @@ class ResidencyManager:
                 "in_use": {device: round(used, 3) for device, used in self.budget.use(holding).items()}}
 
 
-def plan_figures(plan: Plan) -> tuple[dict[str, float], dict[str, int]]:
-    """From the memory plan: the shares it computed for `auto` backends, and each backend's weight
-    bytes in all (per GPU times tensor parallel: what a level-1 sleep puts in host RAM)."""
-    shares = {b.name: b.share for b in plan.backends if b.share is not None and b.share_source.startswith("auto")}
-    weights = {b.name: b.weights_bytes * b.tensor_parallel for b in plan.backends if b.weights_bytes}
-    return shares, weights
-
-
 def build_residency(settings: Settings, registry: Registry, metrics: GatewayMetrics, turn: LoadingTurn, *,
                     planned_shares: Mapping[str, float] | None = None, weights_bytes: Mapping[str, int] | None = None,
                     memory_probe: MemoryProbe | None = None) -> ResidencyManager | None:
@@ -559,4 +548,4 @@ def build_residency(settings: Settings, registry: Registry, metrics: GatewayMetr
                             memory_probe=memory_probe)
 
 
-__all__ = ["Holder", "ResidencyManager", "Unit", "build_residency", "plan_figures"]
+__all__ = ["Holder", "ResidencyManager", "Unit", "build_residency"]
