@@ -20,6 +20,7 @@ whose message says what answered what.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -73,8 +74,9 @@ class SleepClient:
 
     async def _call(self, method: str, path: str, *, params: Any = None, body: dict[str, Any] | None = None) -> Any:
         try:
-            response = await self.client.request(method, path, params=params, json=body, timeout=self.timeout)
-        except httpx.TimeoutException:
+            async with asyncio.timeout(self.timeout):  # the whole call: httpx's timeouts bound each read only
+                response = await self.client.request(method, path, params=params, json=body, timeout=self.timeout)
+        except (TimeoutError, httpx.TimeoutException):
             raise SwapFailed(f"{method} {path} did not answer within {self.timeout:g} s") from None
         except httpx.HTTPError as exc:
             raise SwapFailed(f"{method} {path} failed: {type(exc).__name__}") from None
