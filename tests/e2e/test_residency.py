@@ -405,3 +405,38 @@ def test_a_realtime_session_wakes_its_backend_and_holds_it_awake() -> None:
             assert status(gw.url)["x"]["residency"]["in_flight"] == 1
         assert wait_for(lambda: status(gw.url)["x"]["residency"]["in_flight"] == 0)
         assert status(gw.url)["x"]["residency"]["swaps"]["wake"] == 1
+
+
+def test_an_idle_backend_sleeps_by_itself_and_a_wake_is_warmed_up_before_requests_go() -> None:
+    x, y = pair(idle_sleep=0.5, warmup=True)
+    with running(create_app(gateway_settings(x, y))) as gw:
+        started(gw.url)
+        assert wait_for(lambda: status(gw.url)["y"]["state"] == "asleep", timeout=10)  # nobody asked for y
+        assert status(gw.url)["y"]["residency"]["swaps"]["sleep"] == 1
+        before = sim_stats(x["url"])["received"]
+        assert ask(client(gw.url), "model-x", stream=False)
+        bodies = [r["body"] for r in sim_stats(x["url"])["requests"]][before:]
+        assert bodies[0]["max_tokens"] == 1 and bodies[0]["messages"][0]["content"] == "Hi"  # the warm-up, first
+        assert bodies[1]["max_tokens"] == 8
+        assert wait_for(lambda: status(gw.url)["x"]["state"] == "asleep", timeout=10)  # idle again: asleep again
+
+
+def test_a_realtime_session_that_outlasts_the_drain_is_ended_with_try_again_later() -> None:
+    import json
+
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    x, y = pair(drain_timeout=0.3)
+    with running(create_app(gateway_settings(x, y, gpu={"memory_budget": BUDGET, "max_swap_delay": 0.0}))) as gw:
+        started(gw.url)
+        with connect(gw.url.replace("http://", "ws://") + "/v1/realtime", open_timeout=5) as ws:
+            assert json.loads(ws.recv(timeout=5))["type"] == "session.created"
+            ws.send(json.dumps({"type": "session.update", "model": "model-y"}))
+            assert wait_for(lambda: status(gw.url)["y"]["residency"]["in_flight"] == 1)
+            assert ask(client(gw.url), "model-x", stream=False)  # y's session is ended after 0.3 s, then x wakes
+            event = json.loads(ws.recv(timeout=5))
+            assert event["type"] == "error" and event["error"]["code"] == "backend_sleeping"
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
