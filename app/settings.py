@@ -393,7 +393,7 @@ class Settings(BaseSettings):
             on_demand = [b.name for b in self.backends if b.launch and b.launch.on_demand]
             found = problems(self.residency_budget(), on_demand)
             if found:
-                raise ValueError(f"gpu.memory_budget: {found[0]}")
+                raise ValueError("gpu.memory_budget: " + "\n  gpu.memory_budget: ".join(found))
             return self
         by_device = self.gpu_shares_by_device()
         for device, used in by_device.items():

@@ -50,6 +50,7 @@ def add_routes(app: FastAPI) -> None:
             "version": __version__,
             "shutting_down": state.shutting_down,
             "backends": [b.status() for b in state.registry.backends.values()],
+            "residency": state.residency.status() if state.residency is not None else None,
         })
 
     @app.get("/version")

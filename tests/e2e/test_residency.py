@@ -272,6 +272,8 @@ def test_sleeping_models_stay_listed_ready_and_up_and_vllms_sleep_state_passes_t
         assert any('backend="y"' in line and 'sleep_state="awake"' in line and line.endswith(" 1.0") for line in sleep_state)
         info = status(gw.url)
         assert info["x"]["residency"]["mode"] == "on_demand" and info["x"]["residency"]["awake"] is False
+        overall = httpx.get(f"{gw.url}/status", timeout=5).json()["residency"]
+        assert overall == {"turn": None, "budget": 0.9, "in_use": {"0": 0.6}}  # y's share, nobody swapping
         assert info["x"]["residency"]["swaps"] == {"sleep": 1, "wake": 0}
 
 
