@@ -4,6 +4,7 @@
 - `policy`: whom to put to sleep and whom to wake next (pure functions);
 - `client`: vLLM's dev routes (`/sleep`, `/wake_up`, `/is_sleeping`, `/collective_rpc`, ...);
 - `memory`: host RAM for level-1 sleep and the GPU memory a sleeping process still holds;
+- `slot`: one on-demand backend as the manager keeps it (its waiters, its in-flight holders);
 - `manager`: the single writer of every `Residency`, one swap at a time.
 
 The record itself, `Residency`, lives with the other states in `routing.state` (routing reads it;

@@ -23,77 +23,29 @@ parked too, so its memory is free for sure; its next wake is then a cold start.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from ..errors import GatewayError, ServiceUnavailable
+from ..errors import ServiceUnavailable
 from ..metrics import GatewayMetrics
 from ..routing.backend import Backend
 from ..routing.registry import Registry
-from ..routing.state import ASLEEP, AWAKE, FAILED, HOLDS_MEMORY, READY, RESTARTING, SLEEP, STARTING, WAKE, Residency
-from ..settings import LaunchConfig, Settings
+from ..routing.state import ASLEEP, AWAKE, FAILED, HOLDS_MEMORY, READY, RESTARTING, SLEEP, STARTING, WAKE
+from ..settings import Settings
 from ..supervise.policy import backoff
-from ..supervise.residence import Parking
 from ..supervise.turn import LoadingTurn
 from ..supervise.warmup import warm_up
 from . import policy
 from .budget import Budget
 from .client import SleepClient, SwapFailed
 from .memory import MemoryProbe, host_available, level_one_fits
+from .slot import Holder, Slot, Unit
 
 log = logging.getLogger("vllm_gateway.residency")
 EVICTED_GRACE = 5.0  # seconds ended streams get to finish their last event before the sleep goes on
-
-
-class Holder(Protocol):
-    """A request or session that holds a backend awake; `evict` ends it (its drain ran out)."""
-
-    def evict(self, error: GatewayError) -> None: ...
-
-
-class Unit(Protocol):
-    """What the manager uses of a supervisor unit (`supervise.supervisor.Unit`)."""
-
-    backend: Backend
-    parking: Parking
-
-    @property
-    def running(self) -> bool: ...
-
-    async def park(self) -> None: ...
-
-    def unpark(self) -> asyncio.Future[str | None]: ...
-
-
-@dataclass(eq=False)
-class _Waiter:
-    since: float
-    future: asyncio.Future[None]
-    request: bool  # a request (its in-flight place is kept for it when let through), else an operator's wake
-
-
-@dataclass(eq=False)
-class _Slot:
-    backend: Backend
-    residency: Residency
-    launch: LaunchConfig
-    sleeper: SleepClient
-    unit: Unit | None = None
-    waiters: collections.deque[_Waiter] = field(default_factory=collections.deque)
-    holders: set[Holder] = field(default_factory=set)
-    admission: asyncio.Future[None] | None = None
-    admission_since: float = 0.0
-    sleep_waiters: list[asyncio.Future[None]] = field(default_factory=list)
-    draining_since: float | None = None
-
-    @property
-    def name(self) -> str:
-        return self.backend.name
 
 
 class ResidencyManager:
@@ -107,13 +59,13 @@ class ResidencyManager:
         self.weights_bytes = dict(weights_bytes or {})
         self.memory_probe = memory_probe
         self.clock = clock
-        self.slots: dict[str, _Slot] = {}
+        self.slots: dict[str, Slot] = {}
         for backend in registry.backends.values():
             launch = backend.config.launch
             if backend.residency is None or launch is None:
                 continue
             sleeper = SleepClient(backend.upstreams[0].client, launch.effective_wake_timeout)
-            self.slots[backend.name] = _Slot(backend, backend.residency, launch, sleeper)
+            self.slots[backend.name] = Slot(backend, backend.residency, launch, sleeper)
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -145,7 +97,7 @@ class ResidencyManager:
         error = ServiceUnavailable("the gateway is shutting down; retry against another instance",
                                    headers={"Retry-After": "1"}, code="shutting_down")
         for slot in self.slots.values():
-            self._fail_waiters(slot, error)
+            slot.fail_waiters(error)
 
     # -- requests ------------------------------------------------------------------------------
     async def enter(self, backend: Backend, holder: Holder) -> None:
@@ -154,12 +106,13 @@ class ResidencyManager:
         slot = self.slots[backend.name]
         residency = slot.residency
         if residency.state == AWAKE:
-            self._count_in(slot)
+            slot.count_in(self.clock())
             slot.holders.add(holder)
             return
         if residency.state == FAILED and residency.retry_in() > 0:
             raise self._wake_failed_error(slot)
-        waiter = self._wait_for_wake(slot, request=True)
+        waiter = slot.wait_for_wake(self.clock(), request=True)
+        self._changed.set()
         try:
             await waiter.future
         except BaseException:
@@ -167,7 +120,8 @@ class ResidencyManager:
                 self._count_out(slot)  # let through as it left: give its place back
             raise
         finally:
-            self._forget(slot, waiter)
+            if slot.forget(waiter):
+                self._changed.set()
             self.metrics.request_wait.labels("wake").observe(self.clock() - waiter.since)
         slot.holders.add(holder)
 
@@ -223,14 +177,16 @@ class ResidencyManager:
             return 0.0
         if slot.residency.state == FAILED and slot.residency.retry_in() > 0:
             raise self._wake_failed_error(slot)
-        waiter = self._wait_for_wake(slot, request=False)
+        waiter = slot.wait_for_wake(self.clock(), request=False)
+        self._changed.set()
         try:
             async with asyncio.timeout(slot.launch.max_wait):
                 await waiter.future
         except TimeoutError:
             raise self.wait_timed_out(slot.backend, self.clock() - started, "launch.max_wait") from None
         finally:
-            self._forget(slot, waiter)
+            if slot.forget(waiter):
+                self._changed.set()
         return self.clock() - started
 
     async def sleep_now(self, name: str) -> float:
@@ -286,7 +242,7 @@ class ResidencyManager:
         elif isinstance(decision, policy.Sleep):
             await self._sleep(slot, decision.evict)
 
-    def _candidate(self, slot: _Slot, now: float) -> policy.Candidate:
+    def _candidate(self, slot: Slot, now: float) -> policy.Candidate:
         residency, lifecycle, unit = slot.residency, slot.backend.lifecycle, slot.unit
         running = unit is not None and unit.running
         if lifecycle is not None and lifecycle.state == READY:
@@ -304,12 +260,9 @@ class ResidencyManager:
             wakeable = unit is not None and unit.parking.is_parked
         else:
             wakeable = process == policy.READY
-        since = [w.since for w in slot.waiters]
-        if slot.admission is not None:
-            since.append(slot.admission_since)
         return policy.Candidate(
             name=slot.name, state=state, process=process, in_flight=residency.in_flight,
-            wanted_since=min(since) if since else None, wakeable=wakeable and not slot.backend.given_up,
+            wanted_since=slot.wanted_since, wakeable=wakeable and not slot.backend.given_up,
             awake_since=residency.awake_since, used_since_wake=residency.used_since_wake,
             last_used=residency.last_used, min_awake=slot.launch.min_awake, idle_sleep=slot.launch.idle_sleep,
             draining_since=slot.draining_since, drain_timeout=slot.launch.drain_timeout,
@@ -318,7 +271,7 @@ class ResidencyManager:
         )
 
     # -- waking ------------------------------------------------------------------------------------
-    async def _wake(self, slot: _Slot) -> None:
+    async def _wake(self, slot: Slot) -> None:
         residency, backend = slot.residency, slot.backend
         if slot.admission is not None:  # the supervisor starts it, in its own turn
             residency.started()
@@ -356,9 +309,9 @@ class ResidencyManager:
         self.metrics.backend_swaps.labels(slot.name, WAKE).inc()
         self.metrics.backend_wake.labels(slot.name).observe(took)
         log.info("backend %r is awake (woken in %.2f s)", slot.name, took)
-        self._let_through(slot)
+        slot.let_through(self.clock())
 
-    async def _wake_failed(self, slot: _Slot, reason: str) -> None:
+    async def _wake_failed(self, slot: Slot, reason: str) -> None:
         residency = slot.residency
         log.error("backend %r failed to wake: %s; ending its process so its GPU memory is free", slot.name, reason)
         await self._park(slot)
@@ -366,9 +319,9 @@ class ResidencyManager:
                         max(1.0, slot.launch.restart_backoff_max))
         residency.failed(f"wake failed: {reason}", self.clock() + delay)
         self.metrics.backend_awake.labels(slot.name).set(0)
-        self._fail_waiters(slot, self._wake_failed_error(slot))
+        slot.fail_waiters(self._wake_failed_error(slot))
 
-    def _wake_failed_error(self, slot: _Slot) -> ServiceUnavailable:
+    def _wake_failed_error(self, slot: Slot) -> ServiceUnavailable:
         residency = slot.residency
         retry = max(1, round(residency.retry_in()))
         return ServiceUnavailable(
@@ -376,7 +329,7 @@ class ResidencyManager:
             f"shows its residency)", headers={"Retry-After": str(retry)}, code="wake_failed")
 
     # -- sleeping ----------------------------------------------------------------------------------
-    async def _sleep(self, slot: _Slot, evict: bool) -> None:
+    async def _sleep(self, slot: Slot, evict: bool) -> None:
         residency, backend = slot.residency, slot.backend
         if residency.state == AWAKE:
             residency.going_to_sleep()
@@ -422,7 +375,7 @@ class ResidencyManager:
                 future.set_result(None)
         slot.sleep_waiters.clear()
 
-    async def _evict(self, slot: _Slot) -> None:
+    async def _evict(self, slot: Slot) -> None:
         """The drain ran out: end what is still in flight (streams get an SSE error event)."""
         error = ServiceUnavailable(
             f"backend {slot.name!r} is going to sleep so that another model can be served, and this response ran "
@@ -439,7 +392,7 @@ class ResidencyManager:
                 async with asyncio.timeout(0.1):
                     await self._changed.wait()
 
-    async def _park(self, slot: _Slot) -> None:
+    async def _park(self, slot: Slot) -> None:
         """End the process (if any) and keep it down; in the loading turn when it was serving."""
         unit = slot.unit
         if unit is None:
@@ -451,14 +404,14 @@ class ResidencyManager:
         else:
             await unit.park()
 
-    def _host_ram_for(self, slot: _Slot) -> bool:
+    def _host_ram_for(self, slot: Slot) -> bool:
         weights = self.weights_bytes.get(slot.name)
         if weights is None:
             return True
         available = host_available()
         return available is None or level_one_fits(weights, available)
 
-    async def _kept_memory(self, slot: _Slot) -> int | None:
+    async def _kept_memory(self, slot: Slot) -> int | None:
         """Bytes a slept process still holds when that is more than a sleeping vLLM should, else None."""
         if self.memory_probe is None:
             return None
@@ -474,60 +427,14 @@ class ResidencyManager:
         share = max((self.budget.share_on(slot.name, d) for d in devices), default=self.budget.limit)
         return held if policy.kept_memory(held, total, share) else None
 
-    # -- waiters -------------------------------------------------------------------------------------
-    def _wait_for_wake(self, slot: _Slot, request: bool) -> _Waiter:
-        waiter = _Waiter(self.clock(), asyncio.get_running_loop().create_future(), request)
-        slot.waiters.append(waiter)
-        slot.residency.waiting += request
-        self._changed.set()
-        return waiter
-
-    def _forget(self, slot: _Slot, waiter: _Waiter) -> None:
-        if waiter in slot.waiters:
-            slot.waiters.remove(waiter)
-            slot.residency.waiting -= waiter.request
-            self._changed.set()
-
     def _let_through_where_awake(self) -> None:
         for slot in self.slots.values():
             lifecycle = slot.backend.lifecycle
             if slot.waiters and slot.residency.state == AWAKE and lifecycle is not None and lifecycle.state == READY:
-                self._let_through(slot)
+                slot.let_through(self.clock())
 
-    def _let_through(self, slot: _Slot) -> None:
-        """Every waiter, in arrival order; a request's in-flight place is taken for it now, so the
-        backend cannot be chosen to sleep before the request's task runs."""
-        while slot.waiters:
-            waiter = slot.waiters.popleft()
-            slot.residency.waiting -= waiter.request
-            if waiter.future.done():
-                continue
-            if waiter.request:
-                self._count_in(slot)
-            waiter.future.set_result(None)
-
-    def _fail_waiters(self, slot: _Slot, error: GatewayError) -> None:
-        while slot.waiters:
-            waiter = slot.waiters.popleft()
-            slot.residency.waiting -= waiter.request
-            if not waiter.future.done():
-                waiter.future.set_exception(error)
-        for future in slot.sleep_waiters:
-            if not future.done():
-                future.set_exception(error)
-        slot.sleep_waiters.clear()
-
-    def _count_in(self, slot: _Slot) -> None:
-        residency = slot.residency
-        residency.in_flight += 1
-        residency.last_used = self.clock()
-        residency.used_since_wake = True
-
-    def _count_out(self, slot: _Slot) -> None:
-        residency = slot.residency
-        residency.in_flight -= 1
-        residency.last_used = self.clock()
-        if residency.in_flight == 0:
+    def _count_out(self, slot: Slot) -> None:
+        if slot.count_out(self.clock()):
             self._changed.set()
 
     def status(self) -> dict[str, Any]:
@@ -548,4 +455,4 @@ def build_residency(settings: Settings, registry: Registry, metrics: GatewayMetr
                             memory_probe=memory_probe)
 
 
-__all__ = ["Holder", "ResidencyManager", "Unit", "build_residency"]
+__all__ = ["ResidencyManager", "build_residency"]
