@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import ServiceUnavailable
 from ..metrics import GatewayMetrics
+from ..routing.admission import unavailable
 from ..routing.backend import Backend
 from ..routing.registry import Registry
 from ..routing.state import ASLEEP, AWAKE, FAILED, HOLDS_MEMORY, READY, RESTARTING, SLEEP, STARTING, WAKE
@@ -175,6 +176,8 @@ class ResidencyManager:
         started = self.clock()
         if slot.residency.state == AWAKE:
             return 0.0
+        if slot.backend.given_up:
+            raise unavailable(slot.backend)
         if slot.residency.state == FAILED and slot.residency.retry_in() > 0:
             raise self._wake_failed_error(slot)
         waiter = slot.wait_for_wake(self.clock(), request=False)
