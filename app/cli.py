@@ -15,6 +15,7 @@ from .gpu.nvml import nvml_totals
 from .planner.plan import Plan, planned_backend
 from .planner.render import plan_line
 from .planner.startup import plan_gateway
+from .residency.budget import refusals as residency_refusals
 from .settings import KEEP_ALIVE_ENV, VLLM_KEEP_ALIVE, ConfigError, Settings, load_settings
 from .simulator.flags import add_vllm_flags, vllm_settings
 
@@ -120,7 +121,7 @@ def _serve(args: argparse.Namespace) -> int:
             memory_plan = plan_gateway(settings)
             for planned in memory_plan.backends:
                 logging.getLogger("vllm_gateway").info("plan: %s", plan_line(planned))
-            refusals = memory_plan.refusals()
+            refusals = residency_refusals(settings, memory_plan)
             for line in refusals:
                 print(f"vllm-gateway: {line}", file=sys.stderr)
             if refusals:
@@ -165,7 +166,7 @@ def _check_config(args: argparse.Namespace) -> int:
     print(routing_table(settings, memory_plan))
     for note in settings.warnings():
         print(f"warning: {note}")
-    refusals = memory_plan.refusals() if memory_plan else []
+    refusals = residency_refusals(settings, memory_plan) if memory_plan else []
     for line in refusals:
         print(f"vllm-gateway: {line}", file=sys.stderr)
     if refusals:
@@ -241,6 +242,12 @@ def routing_table(settings: Settings, memory_plan: Plan | None = None) -> str:
         if backend.aliases:
             target = backend.served_model_name or "its first reported model"
             lines.append(f"    aliases: {', '.join(backend.aliases)} (sent upstream as {target})")
+        if backend.launch and backend.launch.on_demand:
+            launch = backend.launch
+            how = f"swap: sleep (level {launch.sleep_level})" if launch.swap == "sleep" else "swap: restart"
+            idle = f", idle_sleep {launch.idle_sleep:g} s" if launch.idle_sleep else ""
+            lines.append(f"    residency: on_demand, {how}, min_awake {launch.min_awake:g} s{idle}, "
+                         f"max_wait {launch.max_wait:g} s")
         if backend.launch:
             from .supervise.process import command_line  # the exact argv `serve` will run
 
@@ -257,11 +264,40 @@ def routing_table(settings: Settings, memory_plan: Plan | None = None) -> str:
             if planned:
                 lines.append(f"    {plan_line(planned)}")
     shares = settings.gpu_shares()
-    if shares:
+    on_demand = [b.name for b in settings.backends if b.launch and b.launch.on_demand]
+    if on_demand:
+        from .residency.budget import plan_figures, summary
+
+        planned_shares, weights = plan_figures(memory_plan) if memory_plan else ({}, {})
+        lines.append(f"  {summary(settings.residency_budget(planned_shares), on_demand)}")
+        lines += [f"  {line}" for line in _host_ram_lines(settings, weights)]
+    elif shares:
         lines.append(f"  GPU memory: {sum(shares.values()):.2f} of budget {settings.gpu.memory_budget:g}")
     if settings.default_model:
         lines.append(f"  requests without `model` go to {settings.default_model}")
     return "\n".join(lines)
+
+
+def _host_ram_lines(settings: Settings, weights: dict[str, int]) -> list[str]:
+    """Level-1 sleep keeps the weights in host RAM: what the sleeping backends may need at once."""
+    from .residency.memory import HOST_HEADROOM, host_total
+
+    level_one = [b.name for b in settings.backends if b.launch and b.launch.on_demand and b.launch.swap == "sleep"
+                 and b.launch.sleep_level == 1]
+    if not level_one:
+        return []
+    known = {name: weights[name] for name in level_one if name in weights}
+    if not known:
+        return [f"host RAM: level-1 sleep keeps the weights in host RAM; their size is unknown here (no plan of "
+                f"{', '.join(level_one)}), so it is checked at each sleep only if a plan is given"]
+    need = sum(known.values()) * HOST_HEADROOM
+    total = host_total()
+    have = f"this machine has {total / 2**30:.1f} GiB" if total else "this machine's RAM is unknown"
+    line = (f"host RAM: level-1 sleep keeps the weights there: up to {need / 2**30:.1f} GiB with "
+            f"{', '.join(known)} asleep together; {have}")
+    if total and need > total:
+        line += " (too little: a sleep that would not fit stops the process instead; consider sleep_level: 2)"
+    return [line]
 
 
 def _demo(args: argparse.Namespace) -> int:

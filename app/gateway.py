@@ -35,11 +35,15 @@ from .metrics import GatewayMetrics
 from .metrics.page import MetricsPage
 from .planner.plan import Plan
 from .planner.startup import plan_gateway
+from .residency.budget import plan_figures
+from .residency.manager import build_residency
+from .residency.memory import telemetry_probe
 from .routing.discovery import ModelDiscovery
 from .routing.health import HealthMonitor
 from .routing.registry import Registry
 from .settings import Settings, load_settings
 from .supervise.supervisor import Supervisor
+from .supervise.turn import LoadingTurn
 from .ui.page import OperatorPage
 from .ui.routes import add_ui_routes
 
@@ -68,17 +72,22 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     if plan is None and registry.launched:
         plan = plan_gateway(settings)
     gpus = gpus if gpus is not None else open_nvml()
-    supervisor = None
-    pgids: dict[str, int] = {}
-    if registry.launched:
-        supervisor = Supervisor(registry, discovery, metrics, plan=plan,
-                                output_tap=page.logs.backend_output if page is not None else None)
-        pgids = supervisor.pgids
-    telemetry = GpuTelemetry(gpus, pgids=lambda: pgids) if gpus is not None else None
-    if supervisor is not None:
-        supervisor.telemetry = telemetry
+    supervisor: Supervisor | None = None
+    telemetry = GpuTelemetry(gpus, pgids=lambda: supervisor.pgids if supervisor is not None else {}) \
+        if gpus is not None else None
     if telemetry is not None:
         register_gpu_metrics(metrics.registry, telemetry)
+    turn = LoadingTurn()  # one load, sleep or wake at a time: the supervisor's and the residency manager's
+    shares, weights = plan_figures(plan) if plan is not None else ({}, {})
+    residency = ctx.residency = build_residency(
+        settings, registry, metrics, turn, planned_shares=shares, weights_bytes=weights,
+        memory_probe=telemetry_probe(telemetry) if telemetry is not None else None)
+    if registry.launched:
+        supervisor = Supervisor(registry, discovery, metrics, plan=plan, telemetry=telemetry, loading=turn,
+                                residence=residency, output_tap=page.logs.backend_output if page is not None else None)
+    if residency is not None and supervisor is not None:
+        residency.attach(supervisor.units)
+        metrics.declare_on_demand(sorted(residency.slots))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,6 +98,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             # Launched backends start in the background: /health answers while they load.
             if supervisor is not None:
                 supervisor.start()
+            if residency is not None:
+                residency.start()
             await health.check_all()  # a backend found ready has its models listed right then
             monitor = asyncio.create_task(health.run(), name="backend-monitor")
             if telemetry is not None and telemetry.available:
@@ -105,6 +116,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            if residency is not None:
+                await residency.stop()
             if supervisor is not None:  # also when start-up failed: no process may outlive us
                 await supervisor.stop()
             await ctx.adapters.aclose()
@@ -132,6 +145,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     state.supervisor = supervisor
     state.plan = plan
     state.gpu_telemetry = telemetry
+    state.residency = residency
     state.metrics_page = MetricsPage(registry, metrics, settings.metrics_scrape_timeout)
     state.shutting_down = False
     state.access = Access(settings)

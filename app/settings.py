@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -19,12 +20,16 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from .planner.sizes import SIZE_HELP, parse_size
 
+if TYPE_CHECKING:
+    from .residency.budget import Budget
+
 DEFAULT_LAUNCH_COMMAND = ["vllm", "serve", "{model}"]
 # How long a vLLM server keeps an idle HTTP connection open: its uvicorn's `timeout_keep_alive`,
 # set by this environment variable (vLLM's default: 5 s). The gateway keeps its idle connections
 # to a backend one second less, so it never reuses one the server is closing.
 KEEP_ALIVE_ENV = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
 VLLM_KEEP_ALIVE = 5
+DEFAULT_WAKE_TIMEOUT = 120.0  # seconds for a sleep-mode wake (weights back from host RAM) when not configured
 LAUNCHED_KEEP_ALIVE = 60  # asked of the processes the gateway launches: a pause under a minute costs no reconnects
 
 
@@ -75,6 +80,8 @@ class GpuConfig(_Strict):
     # Each GPU's total memory, for `vllm-gateway plan` and the start-up plan where NVML cannot tell
     # (no GPU here, or planning for another machine): 48GB, 45GiB, 45.5G or a number of bytes.
     memory: int | None = None
+    # On-demand residency: the longest the awake models' traffic may keep a waiting model's swap back.
+    max_swap_delay: float = Field(10.0, ge=0)
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -116,6 +123,15 @@ class LaunchConfig(_Strict):
     unhealthy_restart_after: float = Field(60.0, ge=0)  # 0: a running process is never restarted for /health
     max_restarts: int = Field(0, ge=0)  # restarts in a row before giving up; 0: never give up
     log_file: str | None = None
+    # On-demand residency (app/residency): asleep until a request needs it, within gpu.memory_budget.
+    residency: Literal["always", "on_demand"] = "always"
+    swap: Literal["sleep", "restart"] = "sleep"  # sleep: vLLM's sleep mode; restart: stop and start the process
+    sleep_level: Literal[1, 2] = 1
+    min_awake: float = Field(10.0, ge=0)  # seconds a woken backend that served stays awake before it may sleep
+    idle_sleep: float | None = Field(None, gt=0)  # sleep by itself after this many idle seconds
+    drain_timeout: float = Field(30.0, ge=0)  # in-flight requests may finish this long before a sleep
+    wake_timeout: float | None = Field(None, gt=0)  # one wake (or sleep call); default 120 s, restart: ready_timeout
+    max_wait: float = Field(120.0, gt=0)  # a request waits this long for a wake, then 503
 
     @field_validator("command")
     @classmethod
@@ -144,6 +160,33 @@ class LaunchConfig(_Strict):
             raise ValueError(f"gpu_memory_utilization must be a fraction of the GPU's total above 0 and at most 1, "
                              f"or auto (got {value!r})")
         return share
+
+    @model_validator(mode="after")
+    def _residency_keys(self) -> LaunchConfig:
+        on_demand_only = ("swap", "sleep_level", "min_awake", "idle_sleep", "drain_timeout", "wake_timeout", "max_wait")
+        if self.residency == "always":
+            given = [key for key in on_demand_only if key in self.model_fields_set]
+            if given:
+                raise ValueError(f"launch.{given[0]} applies only to `residency: on_demand`; set that too, or drop it")
+            return self
+        if self.gpu_memory_utilization is None:
+            raise ValueError("residency: on_demand needs gpu_memory_utilization (a fraction, or auto): the gateway "
+                             "decides from the shares which backends may be awake together")
+        if self.swap == "restart" and "sleep_level" in self.model_fields_set:
+            raise ValueError("launch.sleep_level is for `swap: sleep`; `swap: restart` stops the process instead")
+        return self
+
+    @property
+    def on_demand(self) -> bool:
+        return self.residency == "on_demand"
+
+    @property
+    def effective_wake_timeout(self) -> float:
+        """How long one wake may take: `wake_timeout`, else 120 s for a sleep-mode wake and the
+        load itself (`ready_timeout`) for a restart."""
+        if self.wake_timeout is not None:
+            return self.wake_timeout
+        return self.ready_timeout if self.swap == "restart" else DEFAULT_WAKE_TIMEOUT
 
     @model_validator(mode="after")
     def _planned_targets(self) -> LaunchConfig:
@@ -389,6 +432,14 @@ class Settings(BaseSettings):
                 f"workers: {self.workers} gateway workers cannot manage adapters (`adapters:` in {', '.join(managed)}): "
                 f"each worker would load and unload on its own, and unload what another one is using. Use workers: 1"
             )
+        if any(b.launch and b.launch.on_demand for b in self.backends):
+            from .residency.budget import problems
+
+            on_demand = [b.name for b in self.backends if b.launch and b.launch.on_demand]
+            found = problems(self.residency_budget(), on_demand)
+            if found:
+                raise ValueError("gpu.memory_budget: " + "\n  gpu.memory_budget: ".join(found))
+            return self
         by_device = self.gpu_shares_by_device()
         for device, used in by_device.items():
             if sum(used.values()) > self.gpu.memory_budget + 1e-9:
@@ -412,32 +463,78 @@ class Settings(BaseSettings):
     def gpu_shares_by_device(self) -> dict[str, dict[str, float]]:
         """The given fractions summed where they are spent: per device a backend's vLLM uses (the first
         --tensor-parallel-size entries of its CUDA_VISIBLE_DEVICES; device 0.. when unset)."""
-        from .planner.launch_args import BadLaunchArgs, read_flags
-
         out: dict[str, dict[str, float]] = {}
         for backend in self.backends:
-            launch = backend.launch
-            if launch is None:
+            share = self.fixed_share(backend)
+            if share is None:
                 continue
-            try:
-                flags = read_flags(launch.args)
-            except BadLaunchArgs:
-                flags = None
-            share = flags.gpu_memory_utilization if flags and flags.gpu_memory_utilization is not None \
-                else launch.gpu_memory_utilization
-            if not isinstance(share, float):
-                continue
-            tp = flags.tensor_parallel_size if flags else 1
-            visible = launch.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
-            ids = [part.strip() for part in visible.split(",") if part.strip()] or [str(i) for i in range(tp)]
-            for device in ids[:tp]:
+            for device in self.gpu_devices(backend):
                 out.setdefault(device, {})[backend.name] = share
         return out
+
+    @staticmethod
+    def fixed_share(backend: BackendConfig) -> float | None:
+        """A launched backend's fraction as vLLM will get it (a --gpu-memory-utilization in args
+        wins); None for `auto` (the planner's) and for no share at all."""
+        from .planner.launch_args import BadLaunchArgs, read_flags
+
+        launch = backend.launch
+        if launch is None:
+            return None
+        try:
+            flags = read_flags(launch.args)
+        except BadLaunchArgs:
+            flags = None
+        share = flags.gpu_memory_utilization if flags and flags.gpu_memory_utilization is not None \
+            else launch.gpu_memory_utilization
+        return share if isinstance(share, float) else None
+
+    @staticmethod
+    def gpu_devices(backend: BackendConfig) -> list[str]:
+        """The devices a launched backend's vLLM uses: the first --tensor-parallel-size entries of its
+        CUDA_VISIBLE_DEVICES (device 0.. when unset)."""
+        from .planner.launch_args import BadLaunchArgs, read_flags
+
+        launch = backend.launch
+        if launch is None:
+            return []
+        try:
+            tp = read_flags(launch.args).tensor_parallel_size
+        except BadLaunchArgs:
+            tp = 1
+        visible = launch.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+        ids = [part.strip() for part in visible.split(",") if part.strip()] or [str(i) for i in range(tp)]
+        return ids[:tp]
+
+    def residency_budget(self, planned: Mapping[str, float] | None = None) -> Budget:
+        """The launched backends' shares for the on-demand rules (`residency.budget`): fixed fractions
+        from the configuration, `auto` ones from `planned` (the planner's figures) when given."""
+        from .residency.budget import Budget
+
+        launched = [b for b in self.backends if b.launch is not None]
+        shares: dict[str, float | None] = {}
+        for backend in launched:
+            share = self.fixed_share(backend)
+            shares[backend.name] = share if share is not None else (planned or {}).get(backend.name)
+        resident = frozenset(b.name for b in launched if b.launch and not b.launch.on_demand
+                             and shares[b.name] is not None)
+        return Budget(self.gpu.memory_budget, {b.name: tuple(self.gpu_devices(b)) for b in launched}, shares, resident)
 
     def warnings(self) -> list[str]:
         """Valid but risky choices, printed by `check-config` and at start-up."""
         notes = []
         by_device = self.gpu_shares_by_device()
+        on_demand = {b.name for b in self.backends if b.launch and b.launch.on_demand}
+        for device, shares in list(by_device.items()):
+            sleepers = {name: share for name, share in shares.items() if name in on_demand}
+            if sleepers:  # residents plus the largest on-demand share: what is awake at worst, as instances go
+                largest = max(sleepers, key=lambda name: sleepers[name])
+                by_device[device] = {n: s for n, s in shares.items() if n not in on_demand or n == largest}
+                asleep_alive = [b.name for b in self.backends if b.launch and b.name in sleepers and b.launch.swap == "sleep"]
+                if asleep_alive:
+                    notes.append(f"gpu: a sleeping vLLM still holds its CUDA context (a few hundred MB to a few GB) "
+                                 f"outside the budget{f' on GPU {device}' if len(by_device) > 1 else ''}: leave room "
+                                 f"for {len(asleep_alive)} of them ({', '.join(asleep_alive)}) below gpu.memory_budget")
         for device, shares in by_device.items():
             total = sum(shares.values())
             margin = 0.8 if len(shares) == 2 else 0.75

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from ..errors import GatewayTimeout, ServiceUnavailable
+from ..errors import Conflict, GatewayTimeout, ServiceUnavailable
 from . import client
 from .state import AddressAdapters, BackendAdapters, Failure, Load
 
@@ -140,6 +140,31 @@ class AdapterManager:
                     backend.name, upstream.url, name)
         self._gauge(backend)
         return True
+
+    # -- what the operator asks (`api.admin`) ----------------------------------------------------
+    async def load_everywhere(self, backend: Backend, name: str, timeout: float = LOAD_TIMEOUT_MIN) -> None:
+        """Load `name` on every address of `backend` now (as a request would, then let it go)."""
+        for upstream in backend.upstreams:
+            await self.acquire_within(backend, upstream, name, timeout)
+            self.release(backend, upstream, name)
+
+    async def unload_everywhere(self, backend: Backend, name: str) -> None:
+        """Unload `name` wherever it is loaded; refused while a request uses it, and for a pinned one."""
+        for upstream in backend.upstreams:
+            record = upstream.adapters
+            assert backend.adapters is not None and record is not None
+            self._sync(backend, backend.adapters, record)
+            if name in record.pinned:
+                raise Conflict(f"adapter `{name}` is pinned (listed in --lora-modules): vLLM loads it at every start "
+                               f"and the gateway never unloads it", param="adapter", code="adapter_pinned")
+            if record.in_flight.get(name):
+                raise Conflict(f"adapter `{name}` is in use on {upstream.url} ({record.in_flight[name]} requests); "
+                               f"unload it once they are done", param="adapter", code="adapter_in_use")
+        for upstream in backend.upstreams:
+            record = upstream.adapters
+            assert record is not None
+            if name in record.loaded:
+                await self._unload(backend, upstream, record, name)
 
     async def aclose(self) -> None:
         """At shutdown: end loads and unloads still running."""

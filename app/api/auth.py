@@ -4,7 +4,8 @@ WebSocket (`/v1/realtime`) alike.
 Keys are compared in constant time against every configured key (no early exit that would tell
 an attacker how many keys or characters matched). `/health` and `/ready` stay open; `/metrics`
 is open unless `metrics_api_key` is set. `/ui` and `/admin/` check the operator keys and the
-page's session themselves (`api.operator`); `/status` also takes an operator key.
+page's session themselves (`api.operator`), which client keys never open; `/status` also takes an
+operator key.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from ..errors import Unauthorized, send_error
 
 _OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/openapi.json"})
+ADMIN_PREFIX = "/admin/"
 
 
 def _self_guarded(path: str) -> bool:
@@ -72,6 +74,11 @@ async def _refuse_websocket(scope: dict, send: Any, error: Unauthorized) -> None
         await send({"type": "websocket.http.response.body", "body": payload})
         return
     await send({"type": "websocket.close", "code": 1008})
+
+
+def authorized(headers: list[tuple[bytes, bytes]], keys: list[str]) -> bool:
+    """The request's Bearer token is one of `keys` (compared in constant time)."""
+    return _matches(_bearer(headers), [_digest(key) for key in keys])
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:

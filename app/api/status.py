@@ -76,6 +76,7 @@ def status_document(state: Any, *, engine: bool = False) -> dict[str, Any]:
         "gpu_budget": state.settings.gpu.memory_budget,
         "backends": backends,
         "gpus": gpus_status(snapshot) if telemetry is not None else None,
+        "residency": state.residency.status() if state.residency is not None else None,
     }
 
 

@@ -2,7 +2,8 @@
 
 The forwarder, each exchange and each realtime session read it; none of them reaches back up
 to the object that created it. `draining` is written by the gateway's shutdown alone; `adapters`
-is the adapter manager, which loads the LoRA adapter a request names where it goes.
+is the adapter manager, which loads the LoRA adapter a request names where it goes; `residency` is
+the residency manager when some backend is on demand (requests for it wait for its wake).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from .affinity import ResponseAffinity
 from .deadline import Deadlines
 
 if TYPE_CHECKING:
+    from ..residency.manager import ResidencyManager
     from ..ui.activity import Activity
 
 
 class ForwardingContext:
-    __slots__ = ("settings", "retries", "metrics", "affinity", "draining", "adapters", "activity", "_deadlines")
+    __slots__ = ("settings", "retries", "metrics", "affinity", "draining", "adapters", "activity", "residency",
+                 "_deadlines")
 
     def __init__(self, settings: Settings, metrics: GatewayMetrics) -> None:
         self.settings = settings
@@ -31,6 +34,7 @@ class ForwardingContext:
         self.draining = False  # set when the gateway begins to shut down
         self.adapters = AdapterManager(metrics)
         self.activity: Activity | None = None  # the operator page's request list (`ui.activity`), when it is on
+        self.residency: ResidencyManager | None = None
         self._deadlines: Deadlines | None = None
 
     def deadlines(self, loop: asyncio.AbstractEventLoop) -> Deadlines:

@@ -5,7 +5,8 @@ non-streaming generation is still running) closes the upstream connection at onc
 aborts the generation. The backend address is reached through the forwarding seam
 (`http.sender`); one watchdog per request (`forwarding.deadline`) enforces the response-head,
 stream-idle and total timeouts, whatever the sender does; every upstream failure is mapped by
-one table (`forwarding.failures`).
+one table (`forwarding.failures`). A request for an on-demand backend first waits for it to be
+awake (`residency.manager`), within its timeouts and `launch.max_wait`, and holds it awake until done.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -36,6 +37,9 @@ from . import failures
 from .affinity import RESPONSE_ID, Holder, id_in_stream
 from .context import ForwardingContext
 from .headers import NOT_RELAYED_DOWN, upstream_headers
+
+if TYPE_CHECKING:
+    from ..residency.manager import ResidencyManager
 
 _EVENT_STREAM = b"text/event-stream"
 _JSON = b"application/json"
@@ -63,7 +67,7 @@ class Exchange:
     __slots__ = ("ctx", "scope", "send", "endpoint", "backend", "body", "headers", "request_id", "recorder",
                  "started", "status", "response_started", "finished", "client_gone", "streaming", "delivered",
                  "upstream", "task", "loop", "watchdog", "total_deadline", "pipe_chunk", "method", "pinned",
-                 "stored_as", "adapter", "holding", "first_byte_at", "usage", "tail_prev", "tail_last")
+                 "stored_as", "adapter", "holding", "first_byte_at", "usage", "tail_prev", "tail_last", "evicted")
 
     def __init__(self, ctx: ForwardingContext, scope: dict[str, Any], send: Any, endpoint: str, backend: Backend,
                  body: bytes, headers: list[tuple[bytes, bytes]], request_id: bytes, recorder: RequestMetrics,
@@ -89,6 +93,7 @@ class Exchange:
         self.first_byte_at = 0.0
         self.usage: Any = None
         self.tail_prev = self.tail_last = b""
+        self.evicted: GatewayError | None = None  # the residency manager ended it (its backend must sleep)
 
     async def run(self, receive: Any) -> None:
         task = asyncio.current_task()
@@ -109,7 +114,12 @@ class Exchange:
         recorder.in_flight.inc()
         limit = self.backend.limit
         acquired = False
+        residency = self.ctx.residency if self.backend.residency is not None else None
+        holding = False
         try:
+            if residency is not None:
+                await self._until_awake(residency)
+                holding = True
             if limit is not None:
                 await limit.acquire()
                 acquired = True
@@ -132,6 +142,9 @@ class Exchange:
                 # The shutdown grace period ran out: end the response cleanly instead of cutting it.
                 task.uncancel()
                 await self._close_for_shutdown()
+            elif self.evicted is not None:
+                task.uncancel()
+                await self._close_early(self.evicted)
             else:
                 raise
         except GatewayError as error:
@@ -143,6 +156,8 @@ class Exchange:
             self.watchdog.stop()
             if acquired and limit is not None:
                 limit.release()
+            if holding and residency is not None:
+                residency.leave(self.backend, self)
             self.finished = True
             if watcher is not None:
                 watcher.cancel()
@@ -157,13 +172,42 @@ class Exchange:
                 self.ctx.activity.finished(self, ended)
 
     async def _close_for_shutdown(self) -> None:
-        error = ServiceUnavailable("the gateway shut down before this response was complete; retry",
-                                   headers={"Retry-After": "1"}, code="shutting_down")
+        await self._close_early(ServiceUnavailable("the gateway shut down before this response was complete; retry",
+                                                   headers={"Retry-After": "1"}, code="shutting_down"))
+
+    async def _close_early(self, error: GatewayError) -> None:
+        """End the response with `error`: its answer when none was sent yet, else a final SSE event."""
         if not self.response_started:
             self.status = error.status
             await send_error(self.send, error, self.request_id)
         elif self.streaming:
             await self.send({"type": "http.response.body", "body": sse_error_event(error), "more_body": False})
+
+    async def _until_awake(self, residency: ResidencyManager) -> None:
+        """Wait for an on-demand backend's wake, bounded by `launch.max_wait`, the response-head
+        timeout and `timeouts.total` (the earliest wins); then 503 with Retry-After."""
+        backend = self.backend
+        launch = backend.config.launch
+        assert launch is not None
+        deadline, which = self._phase_deadline(min(launch.max_wait, backend.timeouts.response_head))
+        if which == "":
+            which = "launch.max_wait" if launch.max_wait <= backend.timeouts.response_head else "timeouts.response_head"
+        began = self.loop.time()
+        self.watchdog.move(deadline)
+        try:
+            await residency.enter(backend, self)
+        except asyncio.CancelledError:
+            if not self._timed_out():
+                raise
+            raise residency.wait_timed_out(backend, self.loop.time() - began, which) from None
+        finally:
+            self.watchdog.stop()
+
+    def evict(self, error: GatewayError) -> None:
+        """The residency manager ends this request: its backend must sleep and the drain ran out."""
+        if not self.finished and self.evicted is None:
+            self.evicted = error
+            self.task.cancel()
 
     async def _watch(self, receive: Any) -> None:
         while True:

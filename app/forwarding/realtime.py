@@ -17,6 +17,11 @@ Failures the gateway answers itself are OpenAI-realtime-shaped error events
 (`{"type": "error", "error": {"message", "type", "param", "code"}}`) followed by a close:
 1008 (policy violation) for what the client must change, 1013 (try again later) when the backend
 cannot take the session now, 1011 when the backend broke the session.
+
+A session for an on-demand backend that is asleep waits for its wake, as an HTTP request does
+(within `launch.max_wait`; else 1013), and holds the backend awake while it lasts; if the backend
+must sleep for another model and the session outlasts `launch.drain_timeout`, it is ended with an
+error event and 1013.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -46,6 +51,9 @@ from . import failures
 from .context import ForwardingContext
 from .exchange import CLIENT_CLOSED
 from .headers import request_id
+
+if TYPE_CHECKING:
+    from ..residency.manager import ResidencyManager
 
 log = logging.getLogger("vllm_gateway.realtime")
 
@@ -186,7 +194,30 @@ class RealtimeEndpoint:
             count(metrics, model, backend.name, refused.status)
             await _refuse(send, refused)
             return
-        adapter, adapters = target.adapter, self.ctx.adapters
+        residency = self.ctx.residency if backend.residency is not None else None
+        if residency is None:
+            await self._relay(backend, model, held, scope, send, receive, target.adapter)
+            return
+        holder = _Holder()
+        try:
+            await _until_awake(residency, backend, holder)
+        except GatewayError as error:
+            count(metrics, model, backend.name, error.status)
+            await _refuse(send, error)
+            return
+        try:
+            await self._relay(backend, model, held, scope, send, receive, target.adapter)
+        except asyncio.CancelledError:
+            if holder.evicted is None:
+                raise
+            holder.task.uncancel()
+            await _refuse(send, holder.evicted)
+        finally:
+            residency.leave(backend, holder)
+
+    async def _relay(self, backend: Backend, model: str, held: list[dict[str, Any]], scope: dict, send: Send,
+                     receive: Receive, adapter: str | None) -> None:
+        metrics, adapters = self.ctx.metrics, self.ctx.adapters
         upstream = backend.pick() if adapter is None else backend.pick(adapters.holders(backend, adapter))
         upstream.outstanding += 1
         holding = False
@@ -262,6 +293,32 @@ class RealtimeEndpoint:
             raise error from None
         backend.answered()
         return connection
+
+
+class _Holder:
+    """A session holding an on-demand backend awake; evicting it ends the session."""
+
+    def __init__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.evicted: GatewayError | None = None
+
+    def evict(self, error: GatewayError) -> None:
+        if self.evicted is None:
+            self.evicted = error
+            self.task.cancel()
+
+
+async def _until_awake(residency: ResidencyManager, backend: Backend, holder: _Holder) -> None:
+    launch = backend.config.launch
+    assert launch is not None
+    began = time.monotonic()
+    try:
+        async with asyncio.timeout(launch.max_wait):
+            await residency.enter(backend, holder)
+    except TimeoutError:
+        raise residency.wait_timed_out(backend, time.monotonic() - began, "launch.max_wait") from None
 
 
 class Relay:

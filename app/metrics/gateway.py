@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metr
 # An adapter load: milliseconds from local disk on CPU, up to minutes for a hub download.
 ADAPTER_LOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 # From 5 ms to several minutes: LLM requests span four orders of magnitude.
+# A wake: from a fraction of a second (level 1, small model) to minutes (a restart of a large one).
+WAKE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
 UNKNOWN_MODEL = "unknown"
 NO_BACKEND = "none"
@@ -113,6 +115,24 @@ class GatewayMetrics:
             "gateway_adapters_loaded", "Adapters loaded on the backend now (over all its addresses; --lora-modules "
             "ones included).", ["backend"], registry=r, multiprocess_mode="livemostrecent",
         )
+        self.backend_awake = Gauge(
+            "gateway_backend_awake",
+            "On-demand backends: 1 while it holds its GPU memory (awake, waking, going to sleep), 0 while asleep.",
+            ["backend"], registry=r, multiprocess_mode="livemostrecent",
+        )
+        self.backend_swaps = Counter(
+            "gateway_backend_swaps", "Completed sleeps and wakes of an on-demand backend, by direction (sleep, wake).",
+            ["backend", "direction"], registry=r,
+        )
+        self.backend_wake = Histogram(
+            "gateway_backend_wake_seconds", "Time an on-demand backend took to wake (warm-up included).",
+            ["backend"], buckets=WAKE_BUCKETS, registry=r,
+        )
+        self.request_wait = Histogram(
+            "gateway_request_wait_seconds",
+            "Time a request waited before it was forwarded, by reason (wake: its backend was asleep).",
+            ["reason"], buckets=LATENCY_BUCKETS, registry=r,
+        )
         self._children: dict[tuple[str, str, str], RequestMetrics] = {}
         self._errors: dict[tuple[str, str], Counter] = {}
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
@@ -165,6 +185,16 @@ class GatewayMetrics:
 
     def adapter_unloaded(self, backend: str, adapter: str) -> None:
         self.adapter_unloads.labels(backend, adapter).inc()
+
+    def declare_on_demand(self, names: list[str]) -> None:
+        """The residency series at zero from start-up (`residency.manager` writes them)."""
+        for name in names:
+            self.backend_awake.labels(name).set(0)
+            for direction in ("sleep", "wake"):
+                self.backend_swaps.labels(name, direction)
+            self.backend_wake.labels(name)
+        if names:
+            self.request_wait.labels("wake")
 
     def exposition(self) -> bytes:
         """The gateway's own families in the text format, summed over workers when there are several."""

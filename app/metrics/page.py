@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
 from ..routing.backend import Backend, Upstream
 from ..routing.registry import Registry
-from ..routing.state import READY, UNKNOWN
+from ..routing.state import ASLEEP, READY, UNKNOWN
 from .gateway import GatewayMetrics
 from .merge import PageMerger, label_text
 
@@ -51,7 +51,7 @@ class MetricsPage:
     async def render(self) -> tuple[bytes, str]:
         backends = await self.backend_part()
         for backend in self.registry.backends.values():
-            self.metrics.backend_up.labels(backend.name).set(1 if backend.state == READY else 0)
+            self.metrics.backend_up.labels(backend.name).set(1 if backend.serviceable else 0)
         return self.metrics.exposition() + backends, CONTENT_TYPE
 
     async def backend_part(self) -> bytes:
@@ -73,7 +73,7 @@ class MetricsPage:
     async def _scrape_all(self) -> bytes:
         jobs: list[tuple[Backend, Upstream, str]] = []
         for backend in self.registry.backends.values():
-            if backend.state not in _SCRAPED_STATES:
+            if backend.state not in _SCRAPED_STATES and not _asleep_in_process(backend):
                 continue
             several = len(backend.upstreams) > 1
             for upstream in backend.upstreams:
@@ -104,6 +104,14 @@ class MetricsPage:
             log.debug("scraping %s/metrics of backend %r failed: %r", upstream.url, backend.name, exc)
             self.metrics.scrape_error(backend.name)
             return None
+
+
+def _asleep_in_process(backend: Backend) -> bool:
+    """A sleep-mode backend asleep in its running process still answers /metrics (its
+    `vllm:engine_sleep_state` says so); a parked one has no process to ask."""
+    residency, lifecycle = backend.residency, backend.lifecycle
+    return (residency is not None and residency.state == ASLEEP and not residency.cold
+            and lifecycle is not None and lifecycle.state == READY)
 
 
 def _replica(url: str) -> str:

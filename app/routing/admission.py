@@ -2,17 +2,25 @@
 
 One policy for HTTP requests and realtime sessions: a backend that is not routable (starting,
 restarting, failed, stopped) or whose circuit is open is refused at once with `Retry-After`,
-instead of every client waiting on connect timeouts.
+instead of every client waiting on connect timeouts. An on-demand backend that is asleep is not
+refused: the request waits for its wake (`residency.manager`); only one whose last wake failed
+is, until it may be tried again.
 """
 
 from __future__ import annotations
 
 from ..errors import ServiceUnavailable
 from .backend import Backend
+from .state import AWAKE, FAILED
 
 
 def refusal(backend: Backend) -> ServiceUnavailable | None:
     """Why this backend cannot take a request right now, if it cannot."""
+    residency = backend.residency
+    if residency is not None and residency.state != AWAKE and not backend.given_up:
+        if residency.state == FAILED and residency.retry_in() > 0:
+            return unavailable(backend, f"failed to wake ({residency.error})", residency.retry_in())
+        return None  # asleep, waking or going to sleep: the request waits for the next wake
     if not backend.routable:
         return unavailable(backend)
     if not backend.breaker.allow():

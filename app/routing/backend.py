@@ -3,6 +3,7 @@
 Who writes what (one writer per state, `routing.state`):
 - `health` and each address's `healthy`: the health monitor (`routing.health`);
 - `lifecycle`: the supervisor (`supervise.supervisor`), for launched backends only;
+- `residency`: the residency manager (`residency.manager`), for `residency: on_demand` backends only;
 - `cards`: model discovery (`routing.discovery`);
 - `breaker`: events from forwarded requests and probes (`routing.breaker`);
 - each address's `outstanding`: the requests that hold it;
@@ -24,7 +25,7 @@ from ..http.sender import HttpxSender, Sender
 from ..settings import BackendConfig, Settings, Timeouts
 from .breaker import CircuitBreaker
 from .limits import ConcurrencyLimit
-from .state import READY, ROUTABLE_STATES, Health, Lifecycle
+from .state import AWAKE, FAILED, READY, ROUTABLE_STATES, Health, Lifecycle, Residency
 
 
 @dataclass(eq=False)
@@ -50,14 +51,18 @@ class Backend:
     limit: ConcurrencyLimit | None = None
     health: Health = field(default_factory=Health)
     lifecycle: Lifecycle | None = None
+    residency: Residency | None = None
     cards: list[dict[str, Any]] = field(default_factory=list)
     models_refreshed_at: float | None = None
     adapters: BackendAdapters | None = None
     turn: int = 0  # counts `pick` calls: addresses tied for least outstanding take turns
 
     def __post_init__(self) -> None:
-        if self.config.launch is not None and self.lifecycle is None:
+        launch = self.config.launch
+        if launch is not None and self.lifecycle is None:
             self.lifecycle = Lifecycle()
+        if launch is not None and launch.on_demand and self.residency is None:
+            self.residency = Residency(launch.swap, launch.sleep_level)
 
     @property
     def name(self) -> str:
@@ -74,7 +79,11 @@ class Backend:
 
     @property
     def state(self) -> str:
-        """The supervisor's word while the process is not ready; then the health monitor's."""
+        """The residency manager's word while an on-demand backend is not awake; else the
+        supervisor's while the process is not ready; then the health monitor's."""
+        residency = self.residency
+        if residency is not None and residency.state != AWAKE and not self.given_up:
+            return residency.state
         lifecycle = self.lifecycle
         if lifecycle is not None:
             if lifecycle.state != READY:
@@ -86,6 +95,14 @@ class Backend:
     @property
     def routable(self) -> bool:
         return self.state in ROUTABLE_STATES
+
+    @property
+    def serviceable(self) -> bool:
+        """Ready, or asleep on demand and free to be woken (`gateway_backend_up`)."""
+        residency = self.residency
+        if residency is not None and residency.state != AWAKE and not self.given_up:
+            return residency.state != FAILED
+        return self.state == READY
 
     @property
     def last_error(self) -> str | None:
@@ -173,6 +190,7 @@ class Backend:
             info["limits"] = self.limit.status()
         if self.adapters is not None:
             info["adapters"] = self.adapters.status([u.adapters for u in self.upstreams if u.adapters is not None])
+        info["residency"] = self.residency.status() if self.residency is not None else {"mode": "always"}
         lifecycle = self.lifecycle
         if lifecycle is not None:
             uptime = lifecycle.uptime()

@@ -1,7 +1,9 @@
 """Health monitoring: `GET /health` on every address of every backend, the only writer of health.
 
 vLLM answers `/health` with 200 once its engine is ready and 503 when the engine died; a
-connection refused means it is still loading or gone. A backend is up when any address is.
+connection refused means it is still loading or gone. A backend is up when any address is. An
+on-demand backend that is not awake is not probed (a parked process answers nothing; a probe
+failing then would trip its breaker for its next wake): it counts as up unless its wake failed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ..settings import Settings
 from .backend import Backend, Upstream
 from .discovery import ModelDiscovery
 from .registry import Registry
-from .state import READY
+from .state import AWAKE, FAILED, READY
 
 log = logging.getLogger("vllm_gateway.health")
 
@@ -31,6 +33,9 @@ class HealthMonitor:
         """Probe every address; True when the backend is up. A launched backend that its
         supervisor has not declared ready (starting, restarting, failed, stopped) is not up,
         whatever its port answers, and is not probed: its state is the supervisor's."""
+        residency = backend.residency
+        if residency is not None and residency.state != AWAKE and not backend.given_up:
+            return residency.state != FAILED
         lifecycle = backend.lifecycle
         if lifecycle is not None and lifecycle.state != READY:
             return False

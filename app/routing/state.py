@@ -4,7 +4,8 @@
   answer to a forwarded request is reported to it as an event (`answered`).
 - `Lifecycle`: a launched backend's process, written by its supervisor unit
   (`supervise.supervisor`) and nothing else.
-- `Residency` (`residency.state`): awake or asleep, written by the residency manager.
+- `Residency`: an on-demand backend awake or asleep, written by the residency manager
+  (`residency.manager`) and nothing else.
 
 `Backend.state` (`routing.backend`) derives the one word that routing reads and `/status` shows, so
 no owner has to check after an `await` whether another moved the backend meanwhile: a health record
@@ -14,10 +15,12 @@ taken while the supervisor replaced the process carries the old process's epoch 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 UNKNOWN, STARTING, READY, UNHEALTHY, RESTARTING, FAILED, STOPPED = (
     "unknown", "starting", "ready", "unhealthy", "restarting", "failed", "stopped",
 )
+PARKED = "parked"  # an on-demand backend's process ended on purpose (restart mode, or after it misbehaved asleep)
 # Unhealthy backends stay routable through their circuit breaker, which lets a trial through.
 ROUTABLE_STATES = frozenset({UNKNOWN, READY, UNHEALTHY})
 
@@ -98,6 +101,12 @@ class Lifecycle:
             self.last_exit_code = exit_code
         self.pid = self.started_at = None
 
+    def parked(self, error: str | None = None) -> None:
+        """Ended on purpose, not a failure: no backoff, no restart until the residency manager asks."""
+        self.state = PARKED
+        if error is not None:
+            self.error = error
+
     def restarted(self) -> None:
         self.restarts += 1
 
@@ -115,5 +124,107 @@ class Lifecycle:
         return time.monotonic() - self.started_at
 
 
-__all__ = ["FAILED", "READY", "RESTARTING", "ROUTABLE_STATES", "STARTING", "STOPPED", "UNHEALTHY", "UNKNOWN",
+AWAKE, ASLEEP, WAKING, GOING_TO_SLEEP = "awake", "asleep", "waking", "going_to_sleep"  # and FAILED, above
+# Counted against gpu.memory_budget.
+HOLDS_MEMORY = frozenset({AWAKE, WAKING, GOING_TO_SLEEP})
+SLEEP, WAKE = "sleep", "wake"  # the directions of a swap (a metrics label)
+
+
+class Residency:
+    """An on-demand backend's residency: whether it holds its GPU memory, written by the residency
+    manager (`residency.manager`) alone.
+
+    States: `awake` (serving; holds its share), `going_to_sleep` (draining its in-flight requests,
+    then sleeping: still holds its share, takes no new requests), `asleep` (holds nothing; the next
+    request wakes it), `waking` (taking its share back), `failed` (its last wake failed: holds
+    nothing, requests are refused until `retry_at`, then the next one tries again). `Backend.state`
+    shows these words in place of the others while the backend is not awake."""
+
+    __slots__ = ("swap", "level", "state", "since", "awake_since", "last_used", "used_since_wake", "in_flight",
+                 "waiting", "swaps", "last_wake_s", "error", "retry_at", "failures", "cold")
+
+    def __init__(self, swap: str, level: int) -> None:
+        self.swap = swap  # "sleep" or "restart"
+        self.level = level
+        self.state = ASLEEP
+        self.since = time.monotonic()
+        self.awake_since: float | None = None
+        self.last_used: float | None = None  # monotonic time a request last began or ended here
+        self.used_since_wake = False  # min_awake protects only a backend woken for, or used by, requests
+        self.in_flight = 0  # requests holding it awake (forwarded or about to be)
+        self.waiting = 0  # requests waiting for its wake
+        self.swaps = {SLEEP: 0, WAKE: 0}
+        self.last_wake_s: float | None = None
+        self.error: str | None = None
+        self.retry_at: float | None = None  # monotonic; while failed
+        self.failures = 0  # wakes failed in a row
+        self.cold = True  # no process: the next wake starts one (restart mode, or after a process was ended)
+
+    @property
+    def holds_memory(self) -> bool:
+        return self.state in HOLDS_MEMORY
+
+    def retry_in(self, now: float | None = None) -> float:
+        """Seconds until a failed backend may be woken again (0 once it may)."""
+        if self.state != FAILED or self.retry_at is None:
+            return 0.0
+        return max(0.0, self.retry_at - (time.monotonic() if now is None else now))
+
+    # -- transitions (the manager's) ------------------------------------------------------------
+    def _to(self, state: str) -> None:
+        self.state, self.since = state, time.monotonic()
+
+    def started(self) -> None:
+        """Its process is being started awake (the first start of a sleep-mode backend)."""
+        self._to(AWAKE)
+        self.awake_since, self.used_since_wake, self.cold = time.monotonic(), False, False
+
+    def waking(self) -> None:
+        self._to(WAKING)
+
+    def awake(self, took: float, for_requests: bool) -> None:
+        self._to(AWAKE)
+        self.awake_since, self.used_since_wake, self.cold = time.monotonic(), for_requests, False
+        self.last_wake_s, self.error, self.retry_at, self.failures = took, None, None, 0
+        self.swaps[WAKE] += 1
+
+    def going_to_sleep(self) -> None:
+        self._to(GOING_TO_SLEEP)
+
+    def back_awake(self) -> None:
+        """A drain that is no longer needed: it serves on without having slept."""
+        self._to(AWAKE)
+
+    def asleep(self, cold: bool, note: str | None = None) -> None:
+        counted = self.state in HOLDS_MEMORY
+        self._to(ASLEEP)
+        self.awake_since, self.cold = None, cold
+        if note is not None:
+            self.error = note
+        if counted:
+            self.swaps[SLEEP] += 1
+
+    def failed(self, error: str, retry_at: float) -> None:
+        self._to(FAILED)
+        self.awake_since, self.cold = None, True
+        self.error, self.retry_at = error, retry_at
+        self.failures += 1
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        idle = None if self.last_used is None or self.in_flight else round(now - self.last_used, 1)
+        last_used = None
+        if self.last_used is not None:
+            last_used = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - (now - self.last_used)))
+        return {
+            "mode": "on_demand", "swap": self.swap, "sleep_level": self.level if self.swap == "sleep" else None,
+            "state": self.state, "awake": self.state == AWAKE, "since_s": round(now - self.since, 1),
+            "last_used": last_used, "idle_s": idle, "in_flight": self.in_flight, "waiting": self.waiting,
+            "swaps": dict(self.swaps), "last_wake_s": None if self.last_wake_s is None else round(self.last_wake_s, 3),
+            "error": self.error, "retry_in_s": round(self.retry_in(now), 1) if self.state == FAILED else None,
+        }
+
+
+__all__ = ["ASLEEP", "AWAKE", "FAILED", "GOING_TO_SLEEP", "HOLDS_MEMORY", "PARKED", "READY", "SLEEP", "WAKE", "WAKING",
+           "Residency", "RESTARTING", "ROUTABLE_STATES", "STARTING", "STOPPED", "UNHEALTHY", "UNKNOWN",
            "Health", "Lifecycle"]

@@ -1,6 +1,8 @@
 """How one backend process is started and ended, below the supervisor's state machine.
 
-- `command_line` / `environment`: the argv and environment a `launch:` section means;
+- `command_line` / `environment`: the argv and environment a `launch:` section means (sleep mode's
+  flag and dev routes for `residency: on_demand` with `swap: sleep`); `start_hint`: what a start
+  failure's output means for the configuration;
 - `spawn` / `signal_group` / `group_alive` / `end_group`: the process in its own process group,
   so ending it ends every child vLLM forks (API server, engine core, workers, resource tracker).
 """
@@ -20,6 +22,9 @@ from ..adapters.config import RUNTIME_LORA_ENV
 from ..settings import KEEP_ALIVE_ENV, BackendConfig
 
 PR_SET_PDEATHSIG = 1
+DEV_MODE_ENV = "VLLM_SERVER_DEV_MODE"  # vLLM's /sleep, /wake_up, /is_sleeping, /collective_rpc routes
+# vLLM's ModelConfig check (`current_platform.is_sleep_mode_available()`, false on its CPU build).
+NO_SLEEP_MODE = "Sleep mode is not supported on current platform"
 _PIPE_LIMIT = 65536  # the output relay reads in chunks of this size
 
 
@@ -57,8 +62,23 @@ def command_line(config: BackendConfig) -> list[str]:
         argv += ["--gpu-memory-utilization", f"{share:g}"]
     if launch.max_model_len is not None:
         argv += ["--max-model-len", str(launch.max_model_len)]
+    if sleep_mode(config):
+        argv.append("--enable-sleep-mode")
     argv += [substitute(part, config) for part in launch.args]
     return argv
+
+
+def sleep_mode(config: BackendConfig) -> bool:
+    """Whether this backend sleeps through vLLM's sleep mode (on demand, `swap: sleep`)."""
+    return config.launch is not None and config.launch.on_demand and config.launch.swap == "sleep"
+
+
+def start_hint(config: BackendConfig, output: str) -> str | None:
+    """What to change when a failed start's output names a known cause retrying cannot fix."""
+    if sleep_mode(config) and NO_SLEEP_MODE in output:
+        return ("this vLLM build has no sleep mode (vLLM's CPU build has none; it needs CUDA or ROCm): "
+                "use launch.swap: restart for this backend")
+    return None
 
 
 def environment(config: BackendConfig, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -72,6 +92,8 @@ def environment(config: BackendConfig, base: dict[str, str] | None = None) -> di
     env[KEEP_ALIVE_ENV] = str(config.effective_keep_alive)
     if config.adapters:
         env[RUNTIME_LORA_ENV] = "True"
+    if sleep_mode(config):
+        env[DEV_MODE_ENV] = "1"  # the sleep routes; the gateway never forwards them (not model routes)
     return env
 
 

@@ -9,16 +9,21 @@ than `launch.max_restarts` failures in a row (when set) the task gives up and le
 `failed`. Its state is the backend's `Lifecycle` (`routing.state`), which this module alone writes
 (`/status` shows it; the forwarder answers 503 + Retry-After while it is not routable).
 
-Only one backend loads at a time (`Supervisor.loading`, a first-come first-served lock taken in
-file order): vLLM instances that profile GPU memory at the same time on one GPU mis-size their KV
-caches or fail to start (vLLM issues 14376 and 55827). A restart waits for that lock too.
+Only one backend loads at a time (`Supervisor.loading`, a first-come first-served turn taken in
+file order, `supervise.turn`): vLLM instances that profile GPU memory at the same time on one GPU
+mis-size their KV caches or fail to start (vLLM issues 14376 and 55827). A restart waits for that
+turn too, and so do the residency manager's sleeps and wakes.
+
+An operator may ask for a restart (`Unit.request_restart`, `POST /admin/backends/{name}/restart`):
+the process is ended and started at once, with no backoff and no failure counted.
+
+An on-demand backend (`launch.residency: on_demand`) is started only once the residency manager
+admitted it (`supervise.residence`); the manager may park its unit (end the process on purpose:
+no failure, no backoff) and unpark it (start it again). `swap: restart` units start parked. A
+process that ends while its backend is not awake is parked too instead of restarted.
 
 Stopping cancels the tasks; each task's `finally` ends its process group (SIGTERM, then SIGKILL
 after `stop_timeout`), so no path out of a task leaves a process behind.
-
-An operator's restart (`Unit.request_restart`, behind `POST /admin/backends/{name}/restart`) only
-asks the owning task: it ends the process as an unhealthy one is ended and starts it again at
-once (no backoff, no failure counted); a backend that was given up gets a new task.
 """
 
 from __future__ import annotations
@@ -31,8 +36,6 @@ import signal
 import time
 from collections.abc import Callable
 from typing import IO, Any
-
-import httpx
 
 from ..gpu.free_memory import check_free_memory
 from ..gpu.telemetry import GpuTelemetry
@@ -47,6 +50,9 @@ from ..settings import BackendConfig
 from . import process as launch
 from .output import OutputRelay
 from .policy import backoff, count_failure, describe_exit, gives_up, unhealthy_too_long
+from .residence import Parking, Residence
+from .turn import LoadingTurn
+from .warmup import warm_up
 
 log = logging.getLogger("vllm_gateway.supervisor")
 EXIT_OUTPUT_GRACE = 0.2  # seconds for a dead process's last output to pass through the relay
@@ -64,10 +70,15 @@ class StartFailed(Exception):
         self.permanent = permanent
 
 
+class _Parked(Exception):
+    """The residency manager asked for the process to be down; not a failure."""
+
+
 class Supervisor:
     def __init__(self, registry: Registry, discovery: ModelDiscovery, metrics: GatewayMetrics, *,
                  plan: Plan | None = None, telemetry: GpuTelemetry | None = None, probe_interval: float = 0.5,
-                 sink: IO[str] | None = None, output_tap: Callable[[str, list[str]], None] | None = None) -> None:
+                 sink: IO[str] | None = None, output_tap: Callable[[str, list[str]], None] | None = None,
+                 loading: LoadingTurn | None = None, residence: Residence | None = None) -> None:
         self.registry = registry
         self.discovery = discovery
         self.metrics = metrics
@@ -80,7 +91,8 @@ class Supervisor:
         self.stopping = False
         # A launched backend's lifecycle starts as `starting`: not routable, not probed.
         self.units = [Unit(self, b) for b in registry.launched]
-        self.loading = asyncio.Lock()
+        self.loading = loading if loading is not None else LoadingTurn()  # shared with the residency manager
+        self.residence = residence
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -129,6 +141,7 @@ class Unit:
         self.failures = 0  # consecutive; decides the next backoff
         self.task: asyncio.Task[None] | None = None
         self.asked: asyncio.Future[str] | None = None  # set while an operator's restart can be taken: its reason
+        self.parking = Parking(parked=self.launch.on_demand and self.launch.swap == "restart")
 
     def request_restart(self, reason: str) -> str:
         """An operator's restart: end the process and start it again now; what will happen, in words.
@@ -149,6 +162,9 @@ class Unit:
             log.warning("backend %r: started again on request (%s) after giving up", self.name, reason)
             supervisor.tasks[supervisor.units.index(self)] = supervisor._task(self, first=False)
             return "starting again (it had been given up)"
+        if self.parking.wanted:
+            raise RestartRefused(f"backend {self.name!r} is parked by its residency (on demand, restart mode): it starts "
+                                 f"when a request needs it, or on POST /admin/backends/{self.name}/wake")
         asked = self.asked
         if asked is None:
             raise RestartRefused(f"backend {self.name!r} is {self.lifecycle.state} (loading its model): a restart would "
@@ -162,17 +178,40 @@ class Unit:
     def name(self) -> str:
         return self.backend.name
 
+    # -- what the residency manager asks -----------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """A process (group) exists: starting, serving, or being ended."""
+        return self.pgid is not None
+
+    async def park(self) -> None:
+        """End the process on purpose and keep it down; returns once its group is gone."""
+        self.parking.request()
+        await self.parking.until_parked()
+
+    def unpark(self) -> asyncio.Future[str | None]:
+        """Start it again; the future gets None once it is ready, else why the start failed."""
+        return self.parking.release()
+
     # -- the owning task ---------------------------------------------------------------------
     async def run(self, first: bool = True) -> None:
         backend, lifecycle = self.backend, self.lifecycle
+        residence = self.supervisor.residence if backend.residency is not None else None
         loop = asyncio.get_running_loop()
         proc = relay = exited = None
         try:
             while True:
                 proc = relay = exited = None
                 ready_at = healthy_until = asked = None
+                if self.parking.wanted:
+                    await self._stay_parked()
+                    first = True
                 try:
+                    if residence is not None:
+                        await residence.admit(backend)  # room is made within the budget first
                     async with self.supervisor.loading:
+                        if self.parking.wanted:
+                            raise _Parked()
                         lifecycle.starting(first)
                         proc, relay, exited = await self._launch()
                         await self._await_ready(proc, exited)
@@ -181,12 +220,17 @@ class Unit:
                     self._mark_ready(proc)
                     self.asked = asked = loop.create_future()
                     await self.supervisor.discovery.refresh(backend)
+                    self.parking.start_result(None)
+                    if residence is not None:
+                        residence.loaded(backend)
                     failing = await self._watch(exited, asked)
                     healthy_until = backend.health_failing_since  # None: healthy until now
                     self.asked = None
                     if asked.done():
                         lifecycle.restarting(f"restarted on request: {asked.result()}")
                         log.warning("backend %r (pid %d): restarting on request (%s)", self.name, proc.pid, asked.result())
+                    elif failing is None and not exited.done():
+                        raise _Parked()
                     elif failing is None:
                         code = exited.result()
                         lifecycle.ended(code)
@@ -196,13 +240,22 @@ class Unit:
                     else:
                         self._restart_unhealthy(proc, failing)
                     await self._end(proc, relay, exited)  # what is left of its group goes too
+                except _Parked:
+                    await self._end(proc, relay, exited)
+                    continue
                 except StartFailed as failure:
                     lifecycle.failed(str(failure), give_up=failure.permanent)
                     log.error("backend %r failed to start: %s", self.name, failure)
+                    self.parking.start_result(str(failure))
                     if failure.permanent:
                         return
                 await self._end(proc, relay, exited)
                 if asked is None or not asked.done():  # an operator's restart is no failure and waits for nothing
+                    if residence is not None and not residence.keep_running(backend):
+                        log.warning("backend %r: its process ended while the backend was %s; parked, and started "
+                                    "again when a request needs it. Last: %s", self.name, backend.state, lifecycle.error)
+                        self.parking.request()
+                        continue
                     if ready_at is None:
                         healthy_for = None
                     else:
@@ -213,9 +266,8 @@ class Unit:
                         return
                     delay = backoff(self.failures, self.launch.restart_backoff_initial, self.launch.restart_backoff_max)
                     log.warning("backend %r: restarting in %.1f s", self.name, delay)
-                    self.asked = loop.create_future()  # an operator's restart ends the wait
-                    await asyncio.wait([self.asked], timeout=delay)
-                    self.asked = None
+                    if await self._backoff(delay):
+                        continue  # parked meanwhile
                 first = False
                 lifecycle.restarted()
                 self.supervisor.metrics.backend_restarts.labels(self.name).inc()
@@ -223,6 +275,29 @@ class Unit:
             # Stopped (cancelled), given up, or a bug: the process group must not outlive this task.
             await self._end(proc, relay, exited)
             lifecycle.stopped()
+            self.parking.start_result(lifecycle.error or "stopped")
+            self.parking.reached()  # nobody waits for a park that can no longer come
+
+    async def _stay_parked(self) -> None:
+        self.lifecycle.parked()
+        self.parking.reached()
+        log.info("backend %r is parked (no process) until it is needed", self.name)
+        await self.parking.until_released()
+
+    async def _backoff(self, delay: float) -> bool:
+        """The wait before a restart, cut short by an operator's restart or a park request (True then)."""
+        if self.parking.wanted:
+            return True
+        asked: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.asked = asked  # an operator's restart ends the wait
+        parked = asyncio.ensure_future(self.parking.until_requested())
+        watched: list[asyncio.Future[Any]] = [asked, parked]
+        try:
+            await asyncio.wait(watched, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            parked.cancel()
+            self.asked = None
+        return self.parking.wanted
 
     # -- steps -------------------------------------------------------------------------------
     async def _launch(self) -> tuple[asyncio.subprocess.Process, asyncio.Task[None], asyncio.Future[int]]:
@@ -294,8 +369,11 @@ class Unit:
         while True:
             if exited.done():
                 self.lifecycle.ended(exited.result())
-                raise StartFailed(await self._exit_report(
-                    f"exited with {describe_exit(exited.result())} while loading (pid {proc.pid})"))
+                report = await self._exit_report(f"exited with {describe_exit(exited.result())} while loading (pid {proc.pid})")
+                hint = launch.start_hint(self.backend.config, report)
+                raise StartFailed(f"{hint}. {report}" if hint else report, permanent=hint is not None)
+            if self.parking.wanted:
+                raise _Parked()
             if await self._healthy() and not exited.done():
                 return
             remaining = deadline - loop.time()
@@ -308,55 +386,31 @@ class Unit:
         return await health_error(self.backend.upstreams[0], 5.0) is None
 
     async def _warm_up(self) -> None:
-        """One tiny request of the kind the model serves, so the first user request is not slow.
-
-        A generative model gets a 1-token chat completion (a plain completion when it has no chat
-        template); a route the model does not serve answers 404 at once, so a 404 means "try an
-        embedding". A failed warm-up is logged and does not keep the backend from serving.
-        """
-        if not self.launch.warmup:
-            return
-        client = self.backend.upstreams[0].client
-        model = self.backend.config.served_model_name
-        attempts = [
-            ("/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}),
-            ("/v1/completions", {"model": model, "prompt": "Hi", "max_tokens": 1}),
-            ("/v1/embeddings", {"model": model, "input": "Hi"}),
-        ]
-        timeout = self.backend.timeouts.response_head
-        for index, (path, body) in enumerate(attempts):
-            try:
-                response = await client.post(path, json=body, timeout=timeout)
-            except httpx.HTTPError as exc:
-                log.warning("backend %r: warm-up request to %s failed: %s", self.name, path, type(exc).__name__)
-                return
-            if response.status_code == 200:
-                log.info("backend %r: warmed up with %s", self.name, path)
-                return
-            if index == 0 and response.status_code not in (400, 404):
-                break
-            if index == 1 and response.status_code != 404:
-                break
-        log.warning("backend %r: warm-up got %d from %s; serving anyway", self.name, response.status_code, path)
+        if self.launch.warmup:
+            await warm_up(self.backend)
 
     async def _watch(self, exited: asyncio.Future[int], asked: asyncio.Future[str]) -> float | None:
-        """Wait while the ready process runs. None once it exited or an operator asked for a
-        restart; else the seconds its health checks have failed without a break, once that reached
-        `launch.unhealthy_restart_after`.
+        """Wait while the ready process runs. None once it exited, an operator asked for a restart,
+        or a park was asked (the caller tells them apart); else the seconds its health checks have
+        failed without a break, once that reached `launch.unhealthy_restart_after`.
 
         The registry's health monitor does the probing (`Backend.health_failing_since`); this
         only reads what it found, so there is one probe and one interval to configure.
         """
         limit = self.launch.unhealthy_restart_after
-        either: list[asyncio.Future[Any]] = [exited, asked]
-        while True:
-            done, _ = await asyncio.wait(either, timeout=self.supervisor.probe_interval if limit else None,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if done:
-                return None
-            failing = unhealthy_too_long(self.backend.health_failing_since, time.monotonic(), limit)
-            if failing is not None:
-                return failing
+        parked = asyncio.ensure_future(self.parking.until_requested())
+        watched: list[asyncio.Future[Any]] = [exited, asked, parked]
+        try:
+            while True:
+                done, _ = await asyncio.wait(watched, timeout=self.supervisor.probe_interval if limit else None,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if done:
+                    return None
+                failing = unhealthy_too_long(self.backend.health_failing_since, time.monotonic(), limit)
+                if failing is not None:
+                    return failing
+        finally:
+            parked.cancel()
 
     def _restart_unhealthy(self, proc: asyncio.subprocess.Process, failing: float) -> None:
         last = self.backend.last_health_error or "health check failed"

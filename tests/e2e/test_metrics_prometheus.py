@@ -21,8 +21,8 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from tests.servers import CHAT, EMBEDDING, gateway, running, simulator, wait_for
-from tests.unit.metrics.test_deploy_rules import PROMETHEUS, REQUIRED, dashboard_queries, for_prometheus
+from tests.servers import CHAT, EMBEDDING, gateway, gateway_settings, running, simulator, wait_for
+from tests.unit.metrics.test_deploy_rules import PROMETHEUS, REQUIRED, RESIDENCY, dashboard_queries, for_prometheus
 
 POSITIVE = {"request rate per model", "prompt tokens per second per model", "generated tokens per second per model"}
 RATE_INTERVAL = "10s"  # what Grafana's $__rate_interval is at a 1 s scrape interval and a short range
@@ -164,3 +164,31 @@ def test_prometheus_scrapes_the_gateway_and_every_dashboard_query_evaluates(prom
         assert all(rule["health"] == "ok" for rule in rules), [(r["name"], r.get("lastError")) for r in rules]
         targets = httpx.get(f"{url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
         assert [t["health"] for t in targets] == ["up"], targets
+
+
+def test_the_dashboard_shows_which_on_demand_model_is_awake_over_time(prometheus_server):
+    """Two launched simulators that cannot be awake together, asked for in turn while Prometheus scrapes."""
+    from tests.e2e.test_residency import ask, client, on_demand, settled
+    from vllm_gateway.gateway import create_app
+
+    settings = gateway_settings(on_demand("x", 0.6), on_demand("y", 0.6))
+    awake, swaps = (for_prometheus(RESIDENCY[name], RATE_INTERVAL) for name in ("which model is awake over time",
+                                                                                "swaps per minute"))
+    with running(create_app(settings)) as gw:
+        assert wait_for(lambda: settled(gw.url), 30)
+        url = prometheus_server(gw.url.removeprefix("http://"))
+        sdk = client(gw.url)
+        seen: dict[str, set[float]] = {"x": set(), "y": set()}
+
+        def swapped_both_ways() -> bool:
+            for model in ("model-x", "model-y"):
+                ask(sdk, model, stream=False)
+            for series in query(url, awake):
+                seen[series["metric"]["backend"]].add(float(series["value"][1]))
+            rates = {(s["metric"]["backend"], s["metric"]["direction"]): float(s["value"][1]) for s in query(url, swaps)}
+            return seen["x"] == seen["y"] == {0.0, 1.0} and all(rates.get((b, "wake"), 0) > 0 for b in ("x", "y"))
+
+        assert wait_for(swapped_both_ways, 25, 0.3), seen
+        # At no sampled instant were both awake: the step lines never overlap at 1.
+        both = query(url, 'max_over_time((sum(gateway_backend_awake) > 1)[30s:1s])')
+        assert both == [], both

@@ -139,3 +139,33 @@ def test_version(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("vllm-gateway ")
+
+
+# -- on-demand residency in check-config ---------------------------------------------------------
+
+def _on_demand_config(tmp_path: Path, sequences: int) -> Path:
+    from tests.unit.planner.published import FIXTURES
+
+    model = FIXTURES / "qwen3-8b"
+    backends = "".join(
+        f"  - {{name: {name}, url: 'http://127.0.0.1:80{i}0', models: [{name}], launch: {{model: '{model}', "
+        f"gpu_memory_utilization: auto, max_model_len: 32768, concurrent_sequences: {sequences}, residency: on_demand}}}}\n"
+        for i, name in enumerate(("chat-a", "chat-b")))
+    return write(tmp_path, "host: 127.0.0.1\ngpu: {memory_budget: 0.9, memory: 48GB}\nbackends:\n" + backends)
+
+
+def test_check_config_accepts_on_demand_shares_that_only_fit_one_at_a_time(tmp_path: Path) -> None:
+    result = run(["check-config", "--config", str(_on_demand_config(tmp_path, 2))], env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "residency: on_demand, swap: sleep (level 1), min_awake 10 s" in result.stdout
+    assert "on demand chat-a 0.5" in result.stdout and "at most 1 of them awake at once" in result.stdout
+    assert "host RAM: level-1 sleep keeps the weights there: up to 33.6 GiB with chat-a, chat-b asleep" in result.stdout
+    assert result.stdout.rstrip().endswith("configuration OK")
+
+
+def test_check_config_explains_an_on_demand_backend_that_could_never_be_woken(tmp_path: Path) -> None:
+    result = run(["check-config", "--config", str(_on_demand_config(tmp_path, 6))], env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2, result.stdout
+    assert "gpu.memory_budget: backend chat-a (residency: on_demand, gpu_memory_utilization" in result.stderr
+    assert "could never be woken: even alone it needs" in result.stderr
+    assert "configuration OK" not in result.stdout

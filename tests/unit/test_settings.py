@@ -340,3 +340,48 @@ def test_the_share_sum_is_per_gpu(write) -> None:
     tp = two.replace("gpu_memory_utilization: 0.8, env: {CUDA_VISIBLE_DEVICES: '1'}",
                      "gpu_memory_utilization: 0.2, args: [-tp, '2'], env: {CUDA_VISIBLE_DEVICES: '1,0'}")
     assert "add up to 1.00 on GPU 0 (a=0.8, b=0.2)" in error_of(write(tp))
+
+
+# -- on-demand residency ---------------------------------------------------------------------------
+
+THREE = ("gpu: {memory_budget: 0.9}\n"
+         "backends:\n"
+         "  - {name: embed, url: 'http://127.0.0.1:8000', launch: {model: e, gpu_memory_utilization: EMBED}}\n"
+         "  - {name: a, url: 'http://127.0.0.1:8001', launch: {model: a, gpu_memory_utilization: 0.75, residency: on_demand}}\n"
+         "  - {name: b, url: 'http://127.0.0.1:8002', launch: {model: b, gpu_memory_utilization: 0.75, residency: on_demand,"
+         " swap: restart}}\n")
+
+
+def test_on_demand_backends_may_add_up_past_the_budget_when_each_fits_beside_the_residents(write) -> None:
+    settings = load_settings(write(THREE.replace("EMBED", "0.1")))
+    a = settings.backends[1].launch
+    assert a.on_demand and a.swap == "sleep" and a.sleep_level == 1 and a.max_wait == 120 and a.min_awake == 10
+    assert a.effective_wake_timeout == 120 and settings.backends[2].launch.effective_wake_timeout == 1800  # ready_timeout
+    budget = settings.residency_budget()
+    assert budget.resident == {"embed"} and budget.shares == {"embed": 0.1, "a": 0.75, "b": 0.75}
+    assert settings.gpu.max_swap_delay == 10 and settings.admin_api_key is None
+
+
+def test_an_on_demand_backend_that_could_never_wake_is_refused_naming_why(write) -> None:
+    text = error_of(write(THREE.replace("EMBED", "0.2")))
+    assert "gpu.memory_budget: backend a (residency: on_demand, gpu_memory_utilization 0.75) could never be woken" in text
+    assert "beside the always-resident backends (embed=0.2) it needs 0.95" in text
+
+
+def test_residents_that_cannot_fit_are_refused_even_with_on_demand_backends(write) -> None:
+    text = error_of(write(THREE.replace("EMBED", "0.95").replace("memory_budget: 0.9", "memory_budget: 0.9")))
+    assert "the always-resident backends' gpu_memory_utilization add up to 0.95 (embed=0.95)" in text
+
+
+@pytest.mark.parametrize("launch, message", [
+    ("gpu_memory_utilization: 0.5, swap: restart", "launch.swap applies only to `residency: on_demand`"),
+    ("gpu_memory_utilization: 0.5, max_wait: 5", "launch.max_wait applies only to `residency: on_demand`"),
+    ("residency: on_demand", "residency: on_demand needs gpu_memory_utilization"),
+    ("gpu_memory_utilization: 0.5, residency: on_demand, swap: restart, sleep_level: 2", "launch.sleep_level is for `swap: sleep`"),
+    ("gpu_memory_utilization: 0.5, residency: sometimes", "'always' or 'on_demand'"),
+    ("gpu_memory_utilization: 0.5, residency: on_demand, sleep_level: 3", "1 or 2"),
+    ("gpu_memory_utilization: 0.5, residency: on_demand, swap: pause", "'sleep' or 'restart'"),
+])
+def test_residency_key_mistakes_name_the_key(write, launch: str, message: str) -> None:
+    text = error_of(write(launched(launch)))
+    assert "backends[0].launch" in text and message in text, text

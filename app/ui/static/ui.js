@@ -47,6 +47,15 @@
   // The word a backend's state shows: residency's (awake, asleep, ...) while ready, else its own.
   const shownState = (b) => (b.state === "ready" && b.residency && typeof b.residency.state === "string" ? b.residency.state : b.state);
 
+  // -- residency: "always resident", or on demand with its mode, state, swaps and last wake --
+  const residencyText = (r) => {
+    if (!r || r.mode !== "on_demand") return "always resident";
+    const swaps = r.swaps && typeof r.swaps === "object" ? Object.entries(r.swaps).map(([d, n]) => `${n} ${d}`).join(", ") : String(r.swaps ?? 0);
+    return `on demand (${r.swap || "sleep"}) · ${r.state}` + (swaps ? ` · swaps ${swaps}` : "")
+      + (r.last_wake_s != null ? ` · last wake ${r.last_wake_s} s` : "") + (r.last_used ? ` · last used ${r.last_used}` : "")
+      + (r.error ? ` · ${r.error}` : "");
+  };
+
   // -- adapters: {configured: {name: source} | [names], addresses: [{url, loaded: [...]}] | loaded: {url: [...]}} --
   const adapterInfo = (b) => {
     const a = b.adapters;
@@ -241,7 +250,7 @@
     const dl = el("dl");
     const add = (k, v) => { dl.append(el("dt", "", k), el("dd", "mono", v)); };
     add("addresses", (b.urls || []).join(", "));
-    add("state", `${b.state}${b.residency ? " · residency " + JSON.stringify(b.residency) : ""} · circuit ${b.circuit}`);
+    add("state", `${b.state} · ${residencyText(b.residency)} · circuit ${b.circuit}`);
     if (b.launched) add("process", `pid ${dash(b.pid)} · restarts ${b.restarts} · last exit code ${dash(b.last_exit_code)}`);
     if (b.limits) add("limits", JSON.stringify(b.limits));
     if (b.memory) add("memory plan", b.memory.line || b.memory.status);
@@ -276,7 +285,12 @@
       return btn;
     };
     if (b.launched) box.append(button("restart"));
-    box.append(button("sleep"), button("wake"));
+    // Sleep and wake only where they mean something: an on-demand backend (launch.residency).
+    if (b.residency && b.residency.mode === "on_demand") box.append(button("sleep"), button("wake"));
+    if (!info.known.length) {  // no adapters configured: nothing to load or unload
+      if (!admin) box.append(el("span", "muted", "Actions need the admin key."));
+      return box;
+    }
     const id = "adapter-" + b.name.replace(/[^A-Za-z0-9_-]/g, "_");
     const input = el("input");
     input.id = id;

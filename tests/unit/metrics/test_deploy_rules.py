@@ -38,6 +38,13 @@ REQUIRED = {
         'sum by (backend, model_name) (rate(vllm:generation_tokens_total{backend=~"$backend"}[$__rate_interval]))',
 }
 
+# The residency row (app/residency): checked against Prometheus with on-demand backends swapping.
+RESIDENCY = {
+    "which model is awake over time": 'max by (backend) (gateway_backend_awake{backend=~"$backend"})',
+    "swaps per minute":
+        'sum by (backend, direction) (rate(gateway_backend_swaps_total{backend=~"$backend"}[$__rate_interval])) * 60',
+}
+
 
 def dashboard() -> dict:
     return json.loads(DASHBOARD.read_text())
@@ -116,7 +123,7 @@ def test_dashboard_is_importable_with_a_datasource_input():
 
 def test_dashboard_has_the_panels_the_issue_asks_for_with_the_tested_queries():
     queries = set(dashboard_queries().values())
-    missing = {name: expr for name, expr in REQUIRED.items() if expr not in queries}
+    missing = {name: expr for name, expr in {**REQUIRED, **RESIDENCY}.items() if expr not in queries}
     assert not missing
 
 
@@ -127,7 +134,10 @@ def test_dashboard_queries_use_only_metrics_the_gateway_page_has():
                "gateway_backend_restarts_total", "gateway_client_disconnects_total", "gateway_backend_scrape_errors_total",
                # app/gpu/telemetry.py, present only with a GPU
                "gateway_gpu_memory_total_bytes", "gateway_gpu_memory_used_bytes", "gateway_gpu_utilization_ratio",
-               "gateway_backend_gpu_memory_bytes"}
+               "gateway_backend_gpu_memory_bytes",
+               # app/residency: on-demand backends
+               "gateway_backend_awake", "gateway_backend_swaps_total", "gateway_backend_wake_seconds_bucket",
+               "gateway_request_wait_seconds_bucket"}
     for title, expr in dashboard_queries().items():
         for metric in re.findall(r"\b((?:gateway_|vllm:)[a-z_:]+)\{", expr):
             assert metric in gateway or metric.startswith("vllm:"), (title, metric)
