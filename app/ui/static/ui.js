@@ -325,7 +325,6 @@
         const data = JSON.parse(text);
         message = data.error ? data.error.message : data.result || data.message || JSON.stringify(data);
       } catch (_) { /* not JSON: shown as it came */ }
-      if (response.status === 404 && !/backend/.test(message)) message += " (this gateway has no such admin route yet)";
       say(`${action} ${backend}: ${response.status} ${response.statusText} — ${message}`, response.ok);
     } catch (error) {
       say(`${action} ${backend}: the gateway did not answer (${error})`, false);
