@@ -476,7 +476,7 @@ class Settings(BaseSettings):
     def fixed_share(backend: BackendConfig) -> float | None:
         """A launched backend's fraction as vLLM will get it (a --gpu-memory-utilization in args
         wins); None for `auto` (the planner's) and for no share at all."""
-        from .planner.launch_args import BadLaunchArgs, read_flags
+        from .vllm_args import BadLaunchArgs, read_flags
 
         launch = backend.launch
         if launch is None:
@@ -493,7 +493,7 @@ class Settings(BaseSettings):
     def gpu_devices(backend: BackendConfig) -> list[str]:
         """The devices a launched backend's vLLM uses: the first --tensor-parallel-size entries of its
         CUDA_VISIBLE_DEVICES (device 0.. when unset)."""
-        from .planner.launch_args import BadLaunchArgs, read_flags
+        from .vllm_args import BadLaunchArgs, read_flags
 
         launch = backend.launch
         if launch is None:

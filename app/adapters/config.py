@@ -15,6 +15,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ..vllm_args import read_flags
+
 HF_PREFIX = "hf:"
 # Hub ids as huggingface_hub validates them: `org/name`, letters, digits, `-`, `_`, `.`.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
@@ -64,42 +66,11 @@ class LoRAFlags:
     lora_modules: dict[str, str] = field(default_factory=dict)  # name -> path, loaded by vLLM at start
 
 
-_INT_FLAGS = {"--max-loras": "max_loras", "--max-cpu-loras": "max_cpu_loras", "--max-lora-rank": "max_lora_rank",
-              "--api-server-count": "api_server_count", "-asc": "api_server_count"}
-
-
 def read_lora_flags(args: list[str]) -> LoRAFlags:
     """Raises ValueError naming the flag when a value is missing or not what vLLM accepts."""
-    found: dict[str, object] = {}
-    modules: dict[str, str] = {}
-    index = 0
-    while index < len(args):
-        token = args[index]
-        name, eq, inline = token.partition("=")
-        if name.startswith("--"):
-            name = "--" + name[2:].replace("_", "-")  # vLLM's parser accepts --max_loras too
-        if name in ("--enable-lora", "--no-enable-lora") and not eq:
-            found["enable_lora"] = name == "--enable-lora"
-        elif name in _INT_FLAGS:
-            if eq:
-                raw = inline
-            elif index + 1 < len(args):
-                index += 1
-                raw = args[index]
-            else:
-                raise ValueError(f"{name} needs a value")
-            try:
-                found[_INT_FLAGS[name]] = int(raw)
-            except ValueError:
-                raise ValueError(f"{name} {raw!r} is not a whole number") from None
-        elif name == "--lora-modules":
-            values = [inline] if eq else []
-            while not eq and index + 1 < len(args) and not args[index + 1].startswith("-"):
-                index += 1
-                values.append(args[index])
-            modules = dict(_lora_module(item) for item in values if item)  # the last occurrence replaces
-        index += 1
-    return LoRAFlags(lora_modules=modules, **found)  # type: ignore[arg-type]  # keys are LoRAFlags fields
+    flags = read_flags(args)
+    return LoRAFlags(flags.enable_lora, flags.max_loras, flags.max_cpu_loras, flags.max_lora_rank,
+                     flags.api_server_count, dict(_lora_module(item) for item in flags.lora_modules))
 
 
 def _lora_module(item: str) -> tuple[str, str]:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..settings import BackendConfig, LaunchConfig, Settings
+from ..vllm_args import BadLaunchArgs, VllmFlags, read_flags
 from .architecture import DTYPE_BYTES, MissingField, ModelFacts, UnsupportedModel, model_facts
 from .kv_cache import KvLayout, kv_dtype_bytes, kv_layout
-from .launch_args import BadLaunchArgs, VllmFlags, read_flags
 from .model_files import ModelFiles, ModelUnavailable, read_model_files
 from .overheads import Estimate, default_batched_tokens, default_max_seqs, estimates
 from .sizes import gib

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_gateway.planner.launch_args import BadLaunchArgs, read_flags
+from vllm_gateway.vllm_args import BadLaunchArgs, read_flags
 
 
 def test_defaults_without_flags() -> None:

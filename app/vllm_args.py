@@ -1,8 +1,9 @@
-"""The vLLM flags in a backend's `launch.args` that change its memory, read as vLLM's parser would.
+"""The vLLM flags in a backend's `launch.args` the gateway needs, read as vLLM's parser would.
 
-vLLM uses argparse: `--flag value` and `--flag=value` both work, and the last occurrence wins
-(the gateway relies on that: `launch.args` come after the flags it adds itself). Only the flags
-the planner needs are read; everything else is left to vLLM.
+vLLM uses argparse: `--flag value` and `--flag=value` both work, `--max_loras` is `--max-loras`,
+and the last occurrence wins (the gateway relies on that: `launch.args` come after the flags it
+adds itself). Read here: what changes a backend's memory (the planner) and its LoRA flags (the
+adapter manager, `adapters.config`); everything else is left to vLLM.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .sizes import vllm_int
+from .planner.sizes import vllm_int
 
 # flag -> field; aliases as vLLM registers them (engine/arg_utils.py), plus the prefix
 # abbreviation `--kv-cache-memory` that vLLM's own log message suggests.
@@ -36,7 +37,14 @@ _VALUED = {
     "--revision": "revision",
     "--quantization": "quantization",
     "-q": "quantization",
+    "--max-loras": "max_loras",
+    "--max-cpu-loras": "max_cpu_loras",
+    "--max-lora-rank": "max_lora_rank",
+    "--api-server-count": "api_server_count",
+    "-asc": "api_server_count",
 }
+# Flags that take every value up to the next flag (argparse's nargs="+").
+_LISTS = {"--lora-modules": "lora_modules"}
 _SWITCHES = {
     "--enforce-eager": ("enforce_eager", True),
     "--no-enforce-eager": ("enforce_eager", False),
@@ -44,8 +52,11 @@ _SWITCHES = {
     "--no-disable-sliding-window": ("disable_sliding_window", False),
     "--disable-hybrid-kv-cache-manager": ("disable_hybrid_kv_cache_manager", True),
     "--no-disable-hybrid-kv-cache-manager": ("disable_hybrid_kv_cache_manager", False),
+    "--enable-lora": ("enable_lora", True),
+    "--no-enable-lora": ("enable_lora", False),
 }
-_INTS = {"tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "block_size", "max_num_seqs"}
+_INTS = {"tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "block_size", "max_num_seqs",
+         "max_loras", "max_cpu_loras", "max_lora_rank", "api_server_count"}
 _HUMAN_INTS = {"kv_cache_memory_bytes", "max_num_batched_tokens"}
 
 
@@ -74,16 +85,30 @@ class VllmFlags:
     quantization: str | None = None
     disable_sliding_window: bool = False
     disable_hybrid_kv_cache_manager: bool = False
+    enable_lora: bool = False
+    max_loras: int | None = None
+    max_cpu_loras: int | None = None
+    max_lora_rank: int | None = None
+    api_server_count: int | None = None
+    lora_modules: tuple[str, ...] = ()  # as given: `name=path` or vLLM's JSON form
 
 
 def read_flags(args: list[str]) -> VllmFlags:
-    """The memory-relevant flags in `args` (last one wins, as in argparse)."""
+    """The flags in `args` the gateway reads (the last one wins, as in argparse)."""
     found: dict[str, Any] = {}  # field -> value, each converted to its field's type by _convert
     index = 0
     while index < len(args):
         token = args[index]
         name, eq, inline = token.partition("=")
-        if name in _SWITCHES and not eq:
+        if name.startswith("--"):
+            name = "--" + name[2:].replace("_", "-")  # vLLM's parser takes --max_loras as --max-loras
+        if name in _LISTS:
+            values = [inline] if eq else []
+            while not eq and index + 1 < len(args) and not args[index + 1].startswith("-"):
+                index += 1
+                values.append(args[index])
+            found[_LISTS[name]] = tuple(v for v in values if v)  # the last occurrence replaces
+        elif name in _SWITCHES and not eq:
             field, value = _SWITCHES[name]
             found[field] = value
         elif name in _VALUED:
@@ -109,9 +134,13 @@ def _convert(flag: str, field: str, raw: str) -> dict[str, object]:
         if field in _HUMAN_INTS:
             return {field: vllm_int(raw)}
         if field in _INTS:
+            if not raw.strip().lstrip("-").isdigit():
+                raise BadLaunchArgs(f"launch.args: {flag} {raw!r} is not a whole number")
             return {field: int(raw)}
         if field == "gpu_memory_utilization":
             return {field: float(raw)}
+    except BadLaunchArgs:
+        raise
     except ValueError as exc:
         raise BadLaunchArgs(f"launch.args: {flag} {raw!r} is not valid ({exc})") from None
     return {field: raw}
