@@ -316,10 +316,24 @@ class Exchange:
         return reply
 
     async def _read_error(self, reply: Reply) -> bytes:
-        """A small error body, read whole under the stream-idle limit, then the reply closed."""
-        self.watchdog.move(self._phase_deadline(self.backend.timeouts.stream_idle)[0])
+        """A small error body, read whole, then the reply closed."""
         try:
-            return await reply.read_all()
+            return await self._read_body(reply)
+        finally:
+            await reply.aclose()
+
+    async def _read_body(self, reply: Reply, encoding: bytes | None = None) -> bytes:
+        """The whole body (decoded from `encoding`), under the stream-idle limit capped by `total`;
+        a timeout or a broken body mapped as a body's failure (`forwarding.failures`)."""
+        watchdog = self.watchdog
+        if not reply.complete:
+            watchdog.move(self._phase_deadline(self.backend.timeouts.stream_idle)[0])
+        try:
+            payload = await reply.read_all()
+            if encoding is not None:
+                # Decoded: the client gets identity (httpx's decoders, as for any httpx response).
+                payload = httpx.Response(reply.status, headers=[(b"content-encoding", encoding)], content=payload).content
+            return payload
         except asyncio.CancelledError:
             if not self._timed_out():
                 raise
@@ -327,8 +341,7 @@ class Exchange:
         except httpx.HTTPError as exc:
             raise self._fail(failures.BODY, *failures.while_reading(exc)) from None
         finally:
-            self.watchdog.stop()
-            await reply.aclose()
+            watchdog.stop()
 
     async def _load_adapter(self, upstream: Upstream, adapter: str) -> None:
         """`adapters.acquire`, bounded like waiting for a response head (`timeouts.response_head`, capped by
@@ -411,23 +424,8 @@ class Exchange:
 
     async def _relay_whole(self, reply: Reply, headers: list[tuple[bytes, bytes]], content_type: bytes,
                            encoding: bytes | None) -> None:
-        backend, watchdog = self.backend, self.watchdog
         status = reply.status
-        if not reply.complete:
-            watchdog.move(self._phase_deadline(backend.timeouts.stream_idle)[0])
-        try:
-            payload = await reply.read_all()
-            if encoding is not None:
-                # Decoded: the client gets identity (httpx's decoders, as for any httpx response).
-                payload = httpx.Response(status, headers=[(b"content-encoding", encoding)], content=payload).content
-        except asyncio.CancelledError:
-            if not self._timed_out():
-                raise
-            raise self._fail(failures.BODY, failures.DEADLINE) from None
-        except httpx.HTTPError as exc:
-            raise self._fail(failures.BODY, *failures.while_reading(exc)) from None
-        finally:
-            watchdog.stop()
+        payload = await self._read_body(reply, encoding)
         if content_type.startswith(_JSON):
             try:
                 decoded = orjson.loads(payload)
