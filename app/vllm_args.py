@@ -135,7 +135,7 @@ def _convert(flag: str, field: str, raw: str) -> dict[str, object]:
             return {field: vllm_int(raw)}
         if field in _INTS:
             if not raw.strip().lstrip("-").isdigit():
-                raise BadLaunchArgs(f"launch.args: {flag} {raw!r} is not a whole number")
+                raise BadLaunchArgs(f"launch.args: {flag} {raw!r} is not valid (not a whole number)")
             return {field: int(raw)}
         if field == "gpu_memory_utilization":
             return {field: float(raw)}
